@@ -1,0 +1,132 @@
+"""The ``harness`` command line.
+
+Each module in this package that defines ``COMMAND`` (a :class:`Command`) is a subcommand;
+modules are discovered, so adding a subcommand never edits this file. Subcommand modules import
+heavy libraries (torch, ...) lazily inside ``run`` so that ``harness --help`` stays fast.
+
+Exit codes: 0 ok, 2 user error (:class:`~harness.errors.HarnessError`), 1 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pkgutil
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from harness import __version__
+from harness.errors import HarnessError
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    examples: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int | None]
+    order: int = 50
+
+
+def discover_commands() -> list[Command]:
+    commands = []
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        command = getattr(module, "COMMAND", None)
+        if isinstance(command, Command):
+            commands.append(command)
+    return sorted(commands, key=lambda c: (c.order, c.name))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    commands = discover_commands()
+    parser = argparse.ArgumentParser(
+        prog="harness",
+        description="Benchmark vision encoders as REPA / iREPA alignment targets for SiT "
+        "diffusion training: sweep on SLURM, measure, store in DuckDB, report.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        + "\n".join(f"  harness {c.name:<9} # {c.help}" for c in commands)
+        + "\n\nrun 'harness COMMAND --help' for a command's options and examples.",
+    )
+    _add_global_options(parser, suppress=False)
+    parser.add_argument("--version", action="version", version=f"harness {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in commands:
+        child = sub.add_parser(
+            command.name,
+            help=command.help,
+            description=command.help,
+            epilog="examples:\n" + textwrap.indent(textwrap.dedent(command.examples).strip(), "  "),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        _add_global_options(child, suppress=True)
+        command.add_arguments(child)
+        child.set_defaults(_run=command.run)
+    return parser
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """Global options work before or after the subcommand name."""
+    default = argparse.SUPPRESS if suppress else None
+    group = parser.add_argument_group("global options")
+    group.add_argument(
+        "--results",
+        metavar="DIR",
+        default=default,
+        help="results root (default: $HARNESS_RESULTS or ./results)",
+    )
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS if suppress else 0,
+        help="more log output",
+    )
+    group.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else False,
+        help="show tracebacks for every error",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from harness.logs import setup_logging
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    if args.results is not None:
+        os.environ["HARNESS_RESULTS"] = args.results
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        code = args._run(args)
+        return int(code or 0)
+    except HarnessError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(
+            f"internal error: {type(exc).__name__}: {exc}\n"
+            "this is a bug in harness; rerun with --debug for the traceback and report it",
+            file=sys.stderr,
+        )
+        return 1

@@ -1,0 +1,34 @@
+"""Dataset configuration: the generated dataset (default) or an ImageNet-style folder."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from harness.config.base import Config
+
+
+class DataConfig(Config):
+    """Where images come from.
+
+    ``source: generated`` draws a deterministic procedural dataset (no download).
+    ``source: folder`` reads ``root/train/<class>/*.JPEG`` and ``root/val/<class>/*``
+    (ImageNet layout), with optional foreground masks under ``mask_root`` (same relative
+    paths, ``.png``).
+    """
+
+    source: Literal["generated", "folder"] = "generated"
+    root: str | None = None  # folder source: dataset root holding train/ and val/
+    mask_root: str | None = None  # folder source: optional masks (same layout, .png)
+    resolution: int = Field(32, ge=16, le=512)  # images are (3, resolution, resolution)
+    num_classes: int = Field(10, ge=2, le=1000)  # generated: number of classes
+    train_images: int = Field(2000, ge=1)  # generated: size of train; folder: cap (per split)
+    val_images: int = Field(500, ge=1)  # generated: size of val; folder: cap
+    seed: int = Field(0, ge=0)  # generated: the dataset seed
+
+    @model_validator(mode="after")
+    def _folder_needs_root(self) -> DataConfig:
+        if self.source == "folder" and not self.root:
+            raise ValueError("source 'folder' needs 'root' (a directory with train/ and val/)")
+        return self

@@ -1,0 +1,257 @@
+"""YAML → typed, frozen config objects, with errors that name file, line and key path.
+
+Precedence: model defaults < YAML file < ``--set key.path=value`` overrides.
+
+Every problem found is reported at once, one line each::
+
+    sweeps/bad.yaml:12: train.lr: expected a number, got 'fast'
+    sweeps/bad.yaml:3: methods[1]: 'irepa2' is not allowed (did you mean 'irepa'?); allowed: irepa, none, repa
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from harness.errors import ConfigError, did_you_mean, format_allowed
+
+M = TypeVar("M", bound=BaseModel)
+KeyPath = tuple[str | int, ...]
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML with line numbers
+# ---------------------------------------------------------------------------------------------
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads YAML 1.2 floats such as ``1e-4`` (PyYAML reads a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+@dataclass
+class YamlDoc:
+    """A parsed YAML document: its data plus the line of every key path (1-based)."""
+
+    path: str
+    data: Any
+    lines: dict[KeyPath, int] = field(default_factory=dict)
+
+    def line_of(self, key_path: KeyPath) -> int | None:
+        for end in range(len(key_path), -1, -1):
+            if key_path[:end] in self.lines:
+                return self.lines[key_path[:end]]
+        return None
+
+    def where(self, key_path: KeyPath) -> str:
+        line = self.line_of(key_path)
+        return f"{self.path}:{line}" if line is not None else self.path
+
+
+def _construct(node: yaml.Node, loader: _Loader, doc: YamlDoc, key_path: KeyPath) -> Any:
+    doc.lines.setdefault(key_path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if not isinstance(key, str | int | float | bool) or isinstance(key, bool):
+                raise ConfigError(
+                    f"{doc.path}:{key_node.start_mark.line + 1}: keys must be strings"
+                )
+            key = str(key)
+            if key in out:
+                raise ConfigError(
+                    f"{doc.path}:{key_node.start_mark.line + 1}: "
+                    f"{_dotted((*key_path, key))}: duplicate key"
+                )
+            doc.lines[(*key_path, key)] = key_node.start_mark.line + 1
+            out[key] = _construct(value_node, loader, doc, (*key_path, key))
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(item, loader, doc, (*key_path, i)) for i, item in enumerate(node.value)]
+    return loader.construct_object(node, deep=True)
+
+
+def load_yaml(path: str | Path) -> YamlDoc:
+    """Parse one YAML file into a :class:`YamlDoc`; every failure is a :class:`ConfigError`."""
+    shown = str(path)
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{shown}: no such file", hint="check the path (relative to the cwd)")
+    if path.is_dir():
+        raise ConfigError(f"{shown}: is a directory, expected a YAML file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{shown}: cannot read file: {exc}") from exc
+    return parse_yaml(text, shown)
+
+
+def parse_yaml(text: str, name: str = "<string>") -> YamlDoc:
+    doc = YamlDoc(path=name, data=None)
+    if not text.strip():
+        raise ConfigError(f"{name}:1: file is empty", hint="see the config reference in README.md")
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise ConfigError(f"{name}:1: file holds no YAML document (only comments?)")
+        doc.data = _construct(node, loader, doc, ())
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        raise ConfigError(f"{name}{line}: YAML syntax error: {exc.problem or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{name}: YAML error: {exc}") from None
+    finally:
+        loader.dispose()
+    if not isinstance(doc.data, dict):
+        raise ConfigError(
+            f"{name}:1: top level must be a mapping of keys, got {type(doc.data).__name__}"
+        )
+    return doc
+
+
+# ---------------------------------------------------------------------------------------------
+# --set key.path=value overrides
+# ---------------------------------------------------------------------------------------------
+def parse_override(text: str) -> tuple[KeyPath, Any]:
+    """``"train.lr=3e-4"`` → ``(("train", "lr"), 0.0003)``; values are parsed as YAML scalars."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY.PATH=VALUE, e.g. --set train.steps=200")
+    key, _, raw = text.partition("=")
+    parts: list[str | int] = []
+    for part in key.strip().split("."):
+        if not part:
+            raise ConfigError(f"--set {text!r}: empty key in path {key!r}")
+        parts.append(int(part) if part.isdigit() else part)
+    try:
+        value = yaml.load(raw, Loader=_Loader) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: cannot parse value: {exc}") from None
+    return tuple(parts), value
+
+
+def apply_overrides(doc: YamlDoc, overrides: Iterable[str]) -> None:
+    for text in overrides:
+        key_path, value = parse_override(text)
+        node: Any = doc.data
+        for part in key_path[:-1]:
+            if isinstance(node, list) and isinstance(part, int) and part < len(node):
+                node = node[part]
+                continue
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {text!r}: {_dotted(key_path)} is not a mapping here")
+            node = node.setdefault(part, {})
+        last = key_path[-1]
+        if (isinstance(node, list) and isinstance(last, int) and last < len(node)) or isinstance(
+            node, dict
+        ):
+            node[last] = value
+        else:
+            raise ConfigError(f"--set {text!r}: {_dotted(key_path)} is not a mapping here")
+        doc.lines[key_path] = 0  # line 0 marks "from the command line"
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation with readable errors
+# ---------------------------------------------------------------------------------------------
+def validate(model: type[M], doc: YamlDoc, overrides: Sequence[str] = ()) -> M:
+    """Validate ``doc`` (after ``overrides``) against ``model``; raise one ConfigError listing all
+    problems, each with ``file:line: key.path: message``."""
+    apply_overrides(doc, overrides)
+    try:
+        return model.model_validate_json(json.dumps(doc.data), strict=True)
+    except ValidationError as exc:
+        raise ConfigError(render_errors(model, doc, exc)) from None
+
+
+def render_errors(model: type[BaseModel], doc: YamlDoc, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+        loc = tuple(p for p in loc if p not in ("function-after", "function-before"))
+        lines.append(f"{_where(doc, loc)}: {_dotted(loc) or '<top>'}: {_message(model, err, loc)}")
+    return "\n".join(dict.fromkeys(lines))
+
+
+def _where(doc: YamlDoc, loc: KeyPath) -> str:
+    line = doc.line_of(loc)
+    if line == 0:
+        return f"{doc.path} (--set)"
+    return f"{doc.path}:{line}" if line is not None else doc.path
+
+
+def _message(model: type[BaseModel], err: dict[str, Any], loc: KeyPath) -> str:
+    kind, value = err["type"], err.get("input")
+    ctx = err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        allowed = _fields_at(model, loc[:-1])
+        return (
+            f"unknown key{did_you_mean(loc[-1], allowed)}; allowed keys: {format_allowed(allowed)}"
+        )
+    if kind == "missing":
+        return "required key is missing"
+    if kind in ("literal_error", "enum"):
+        allowed = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        return f"{value!r} is not allowed{did_you_mean(value, allowed)}; allowed: {format_allowed(allowed)}"
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"])).removeprefix("Value error, ")
+    return f"{err['msg'].removeprefix('Input should be ').join(['expected ', ''])}, got {value!r}"
+
+
+def _fields_at(model: type[BaseModel], loc: KeyPath) -> list[str]:
+    """Field names of the (nested) model found at ``loc``; [] when it cannot be resolved."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int) or not (
+            isinstance(current, type) and issubclass(current, BaseModel)
+        ):
+            current = _inner_model(current)
+            if isinstance(part, int):
+                continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        info = current.model_fields.get(part)
+        if info is None:
+            return []
+        current = _inner_model(info.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _inner_model(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _dotted(loc: KeyPath) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out

@@ -1,0 +1,79 @@
+"""Structured logging.
+
+Humans get one readable line per event on stderr; machines get the same events as JSON lines
+in a file (``log_file``), with every keyword field preserved::
+
+    log = get_logger(__name__)
+    event(log, "train.step", step=100, loss=0.41, images_per_s=812.0)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+_FIELDS = "harness_fields"
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "time": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        payload.update(getattr(record, _FIELDS, {}))
+        return json.dumps(payload, default=str, sort_keys=False)
+
+
+class _HumanFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        fields = getattr(record, _FIELDS, {})
+        tail = " ".join(f"{k}={_short(v)}" for k, v in fields.items())
+        level = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
+        return f"[{stamp}] {level}{record.getMessage()}" + (f"  {tail}" if tail else "")
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def setup_logging(verbosity: int = 0, log_file: str | Path | None = None) -> None:
+    """Configure the ``harness`` logger once per process (CLI entry or job entry)."""
+    root = logging.getLogger("harness")
+    root.handlers.clear()
+    root.setLevel(logging.DEBUG)
+    root.propagate = False
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.DEBUG if verbosity > 0 else logging.INFO)
+    console.setFormatter(_HumanFormatter())
+    root.addHandler(console)
+    if log_file is not None:
+        add_json_log(log_file)
+
+
+def add_json_log(log_file: str | Path) -> logging.Handler:
+    """Also write every ``harness`` event as a JSON line to ``log_file``."""
+    Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_file, encoding="utf-8")
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(_JsonFormatter())
+    logging.getLogger("harness").addHandler(handler)
+    return handler
+
+
+def get_logger(name: str) -> logging.Logger:
+    return logging.getLogger(name if name.startswith("harness") else f"harness.{name}")
+
+
+def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields: Any) -> None:
+    """Log a named event with structured fields."""
+    logger.log(level, name, extra={_FIELDS: fields})
