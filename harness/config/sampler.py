@@ -19,6 +19,7 @@ class SamplerConfig(Config):
     guidance_high: float = Field(1.0, ge=0.0, le=1.0)
     last_step_size: float = Field(0.04, gt=0.0, lt=1.0)  # SDE: the final step ends at t = this
     batch_size: int = Field(64, ge=1)  # images per forward pass
+    precision: Literal["fp32", "bf16"] = "fp32"  # network forward dtype (state stays float64)
 
     @model_validator(mode="after")
     def _interval_ordered(self) -> SamplerConfig:

@@ -1,0 +1,111 @@
+"""``harness bench train``: measure training throughput on the current device.
+
+Examples::
+
+    harness bench train --model SiT-XL/2 --encoder dinov2-b --catalogue encoders.yaml --batch 256
+    harness bench train --model SiT-B/2 --encoder toy --batch 64 --precision bf16 --compile
+    harness bench train --model SiT-T/2 --encoder toy --space pixel --resolution 32 --device cpu
+
+Prints a table (images/s, step-time breakdown, peak memory, FLOPs, MFU) and writes the numbers
+to ``--out`` (default ``results/bench/train-<model>-<encoder>-<batch>-<device>.json``).
+``--encoder toy`` uses a tiny built-in target encoder (``harness.train.toys``); other names come
+from the catalogue and are built with random weights (throughput does not depend on them).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from harness.cli import Command
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("what", choices=["train"], help="what to benchmark")
+    parser.add_argument("--model", default="SiT-B/2", help="SiT preset (default SiT-B/2)")
+    parser.add_argument(
+        "--encoder", help="target encoder: a catalogue name, 'toy', or omit for method none"
+    )
+    parser.add_argument("--method", default="repa", help="repa | irepa (with --encoder)")
+    parser.add_argument("--catalogue", metavar="YAML", help="encoder catalogue (encoders.yaml)")
+    parser.add_argument("--batch", type=int, default=64, help="images per step (default 64)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    parser.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the SiT")
+    parser.add_argument("--resolution", type=int, default=256, help="image side (default 256)")
+    parser.add_argument("--space", choices=["latent", "pixel"], default="latent")
+    parser.add_argument("--num-workers", type=int, default=4, help="data-loader workers")
+    parser.add_argument(
+        "--device", metavar="DEV", help="cpu | cuda | cuda:N (default: cuda if any)"
+    )
+    parser.add_argument("--out", metavar="FILE", help="JSON file for the numbers")
+
+
+def run(args: argparse.Namespace) -> int:
+    from harness.config import load_config
+    from harness.errors import ConfigError
+    from harness.io import write_json
+    from harness.paths import results_root
+    from harness.train.bench import bench_run_config, bench_train, format_table
+
+    if args.batch < 1 or args.steps < 1 or args.warmup < 0:
+        raise ConfigError("--batch and --steps must be >= 1, --warmup >= 0")
+    toy = args.encoder == "toy"
+    method = args.method if args.encoder else "none"
+    try:
+        run_cfg = bench_run_config(
+            model=args.model,
+            method=method,
+            encoder=args.encoder,
+            batch=args.batch,
+            precision=args.precision,
+            compile=args.compile,
+            resolution=args.resolution,
+            space=args.space,
+            num_workers=args.num_workers,
+        )
+    except ValueError as exc:  # pydantic.ValidationError is a ValueError
+        raise ConfigError(f"bench settings: {exc}") from None
+    catalogue, targets = None, None
+    if toy:
+        from harness.train.toys import PatchEncoder
+
+        targets = [PatchEncoder(run_cfg.model.grid, dim=768)]
+    elif args.encoder:
+        if not args.catalogue:
+            raise ConfigError(
+                f"--encoder {args.encoder}: pass --catalogue encoders.yaml (or --encoder toy)"
+            )
+        catalogue = load_config(args.catalogue, kind="catalogue")
+    result = bench_train(
+        run_cfg,
+        steps=args.steps,
+        warmup=args.warmup,
+        device=args.device,
+        catalogue=catalogue,
+        target_encoders=targets,
+    )
+    print(format_table(result))
+    slug = f"{args.model.replace('/', '')}-{args.encoder or 'none'}-{args.batch}-{result['device']}"
+    out = (
+        Path(args.out)
+        if args.out
+        else results_root() / "bench" / f"train-{slug.replace(' ', '_')}.json"
+    )
+    write_json(out, result)
+    print(f"numbers -> {out}")
+    return 0
+
+
+COMMAND = Command(
+    name="bench",
+    help="benchmark training throughput (images/s, step breakdown, memory, MFU)",
+    examples="""
+        harness bench train --model SiT-XL/2 --encoder dinov2-b --catalogue encoders.yaml --batch 256
+        harness bench train --model SiT-T/2 --encoder toy --space pixel --resolution 32 --device cpu
+    """,
+    add_arguments=add_arguments,
+    run=run,
+    order=70,
+)

@@ -1,0 +1,213 @@
+"""The encoder catalogue (``encoders.yaml``): one typed entry per vision encoder.
+
+An entry says where the weights come from (``source`` + ids), exactly how 256-px images are
+preprocessed for it (resolution, interpolation, mean/std), which tokens are taken (layer, final
+norm, prefix tokens to drop) and what comes out (``embed_dim``, ``patch_size``)::
+
+    encoders:
+      - name: dinov2-vit-b
+        family: DINOv2
+        source: timm
+        model_id: vit_base_patch14_dinov2
+        pretrained: lvd142m
+        resolution: 224          # 224 / 14 = a 16x16 grid for 256-px images
+        interpolation: bicubic
+        mean: [0.485, 0.456, 0.406]
+        std: [0.229, 0.224, 0.225]
+        patch_size: 14
+        num_prefix_tokens: 1     # CLS
+        embed_dim: 768
+
+Preprocessing is taken only from the entry, never inferred from the name. This module imports
+without torch; ``harness.encoders`` builds the models.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from harness.config.base import Config
+from harness.config.loader import YamlDoc, load_yaml, validate
+from harness.errors import ConfigError, RegistryError, did_you_mean, format_allowed
+
+SOURCES = ("timm", "open_clip", "transformers", "torch_hub", "checkpoint", "builtin")
+# control encoders implemented in harness.encoders.builtin (no download, no weights)
+BUILTIN_ENCODERS = ("pixels", "pixels-blur", "noise", "hog", "random-cnn")
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "area")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._+-]*$")
+
+
+class EncoderSpec(Config):
+    """One catalogue entry. Fields not used by a source must stay at their defaults."""
+
+    name: str  # unique catalogue name (lower case: letters, digits, . _ + -)
+    family: str  # model family, e.g. "DINOv2", "PE-Core", "control"
+    source: Literal["timm", "open_clip", "transformers", "torch_hub", "checkpoint", "builtin"]
+    model_id: str  # timm / open_clip model name, HF repo id, torch.hub entry or builtin name
+    pretrained: str | None = None  # timm / open_clip pretrained tag; null = random by design
+    revision: str | None = None  # pinned HF revision (timm, transformers) or git ref (torch_hub)
+    checkpoint: str | None = None  # local weights file (checkpoint source; optional torch_hub)
+    url: str | None = None  # where `harness encoders fetch` downloads `checkpoint` from
+    hub_repo: str | None = None  # torch_hub: "owner/repo" on GitHub or a local hubconf dir
+    arch: str | None = None  # timm architecture that torch_hub/checkpoint weights load into
+    resolution: int = Field(ge=1)  # input side fed for 256-px images (gives the native grid)
+    interpolation: Literal["bicubic", "bilinear", "nearest", "area"] = "bicubic"  # resize mode
+    antialias: bool = False  # antialias when downsizing (REPA/iREPA use F.interpolate: no)
+    mean: list[float]  # per-channel mean (R, G, B) of [0, 1] pixels
+    std: list[float]  # per-channel std (R, G, B)
+    patch_size: int = Field(ge=1)  # pixels per token side (effective stride)
+    layer: int = Field(-1, ge=-1)  # block whose tokens are taken; -1 = the last
+    final_norm: bool = True  # apply the model's final norm to the tokens
+    num_prefix_tokens: int = Field(0, ge=0)  # CLS + register tokens the model prepends
+    embed_dim: int = Field(ge=1)  # token width D the encoder yields
+    params: dict[str, Any] = Field(default_factory=dict)  # source-specific kwargs (see docs)
+    license: str = "unknown"  # weights licence
+    notes: str = ""  # provenance and caveats
+    published_name: str | None = None  # name in published_results.csv (e.g. "DINOv2-B")
+    irepa27: bool = False  # one of the 27 encoders of the iREPA correlation study
+    tags: list[str] = Field(default_factory=list)  # free labels: repa, control, random, ...
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(
+                f"invalid encoder name {value!r}: use lower-case letters, digits and . _ + - "
+                "(starting with a letter or digit)"
+            )
+        return value
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _three_channels(cls, value: list[float]) -> list[float]:
+        if len(value) != 3:
+            raise ValueError(f"needs 3 values (R, G, B), got {len(value)}: {value}")
+        return value
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, value: list[float]) -> list[float]:
+        if any(v <= 0 for v in value):
+            raise ValueError(f"every std value must be > 0, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EncoderSpec:
+        where = f"encoder {self.name!r}"
+        if self.resolution % self.patch_size:
+            raise ValueError(
+                f"{where}: resolution {self.resolution} is not divisible by patch_size "
+                f"{self.patch_size}; pick a multiple (e.g. {self.patch_size * 16} for 16x16)"
+            )
+        needs: dict[str, tuple[str, ...]] = {
+            "torch_hub": ("hub_repo", "arch"),
+            "checkpoint": ("checkpoint", "arch"),
+        }
+        missing = [f for f in needs.get(self.source, ()) if not getattr(self, f)]
+        if missing:
+            raise ValueError(f"{where}: source {self.source!r} needs {', '.join(missing)}")
+        if self.source == "builtin" and self.model_id not in BUILTIN_ENCODERS:
+            raise ValueError(
+                f"{where}: unknown builtin {self.model_id!r}"
+                f"{did_you_mean(self.model_id, BUILTIN_ENCODERS)}; "
+                f"allowed: {', '.join(BUILTIN_ENCODERS)}"
+            )
+        if self.source == "transformers" and not isinstance(self.params.get("config"), dict):
+            raise ValueError(
+                f"{where}: source 'transformers' needs params.config (the model's config.json "
+                "fields, incl. model_type) so a random-weights model builds offline"
+            )
+        if self.source in ("builtin", "checkpoint", "torch_hub", "transformers") and (
+            self.pretrained is not None
+        ):
+            raise ValueError(
+                f"{where}: 'pretrained' is a timm/open_clip tag; source {self.source!r} "
+                "takes revision / checkpoint instead"
+            )
+        return self
+
+    @property
+    def native_grid(self) -> int:
+        """Token grid side for 256-px images (``resolution // patch_size``)."""
+        return self.resolution // self.patch_size
+
+    @property
+    def random_by_design(self) -> bool:
+        """True for entries that never load weights (controls, random-init architectures)."""
+        return self.source == "builtin" or (
+            self.source in ("timm", "open_clip") and self.pretrained is None
+        )
+
+
+class Catalogue(Config):
+    """The whole catalogue; names are unique."""
+
+    encoders: list[EncoderSpec] = Field(min_length=1)  # every encoder entry
+
+    @model_validator(mode="after")
+    def _unique(self) -> Catalogue:
+        seen: set[str] = set()
+        for spec in self.encoders:
+            if spec.name in seen:
+                raise ValueError(f"duplicate encoder name {spec.name!r}")
+            seen.add(spec.name)
+        return self
+
+    def names(self, pattern: str = "*") -> list[str]:
+        """Entry names in catalogue order, optionally filtered by a glob."""
+        return [s.name for s in self.encoders if fnmatch.fnmatchcase(s.name, pattern)]
+
+    def get(self, name: str) -> EncoderSpec:
+        """The entry called ``name``; RegistryError with a suggestion when there is none."""
+        for spec in self.encoders:
+            if spec.name == name:
+                return spec
+        names = self.names()
+        raise RegistryError(
+            f"unknown encoder {name!r}{did_you_mean(name, names)}",
+            hint=f"allowed: {format_allowed(names)} (see `harness encoders list`)",
+        )
+
+    def select(self, patterns: Sequence[str]) -> list[EncoderSpec]:
+        """Entries matching any name or glob in ``patterns`` (catalogue order, no repeats)."""
+        chosen: list[str] = []
+        for pattern in patterns:
+            if any(ch in pattern for ch in "*?["):
+                matches = self.names(pattern)
+                if not matches:
+                    raise RegistryError(f"encoder pattern {pattern!r} matches no entry")
+            else:
+                matches = [self.get(pattern).name]
+            chosen.extend(m for m in matches if m not in chosen)
+        return [self.get(n) for n in chosen]
+
+
+def catalogue_from_doc(doc: YamlDoc, overrides: Sequence[str] = ()) -> Catalogue:
+    """Validate a parsed ``encoders.yaml``; duplicate names name both lines."""
+    entries = doc.data.get("encoders") if isinstance(doc.data, dict) else None
+    if isinstance(entries, list):
+        first_line: dict[str, int | None] = {}
+        for i, entry in enumerate(entries):
+            name = entry.get("name") if isinstance(entry, dict) else None
+            if not isinstance(name, str):
+                continue
+            line = doc.line_of(("encoders", i, "name"))
+            if name in first_line:
+                raise ConfigError(
+                    f"{doc.path}:{line}: encoders[{i}].name: duplicate encoder name {name!r} "
+                    f"(first defined at {doc.path}:{first_line[name]})",
+                    hint="encoder names must be unique; rename or delete one entry",
+                )
+            first_line[name] = line
+    return validate(Catalogue, doc, overrides)
+
+
+def load_catalogue(path: str | Path, overrides: Sequence[str] = ()) -> Catalogue:
+    """Load and validate an encoder catalogue file (errors carry file:line)."""
+    return catalogue_from_doc(load_yaml(path), overrides)

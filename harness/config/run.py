@@ -1,0 +1,187 @@
+"""One training run: data, target encoder(s), alignment method, SiT, alignment and training
+settings, seed.
+
+Validation resolves every "default" (``None``) field — the model's input size, channels and
+classes from the data config, the alignment settings from the method registry and the SiT
+preset — so a ``RunConfig`` always carries the values that were actually used, and two configs
+that resolve the same hash the same (:func:`run_id`).
+
+Example run config (``harness train run.yaml``)::
+
+    method: irepa
+    encoder: dinov2-b
+    data: {source: folder, root: /datasets/imagenet, resolution: 256}
+    model: {name: SiT-XL/2}
+    train: {steps: 100000}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from harness.config.base import Config
+from harness.config.data import DataConfig
+from harness.config.loader import YamlDoc, load_yaml, validate
+from harness.config.model import ModelConfig
+from harness.config.train import METHODS, PROJECTOR_KINDS, AlignConfig, TrainConfig
+from harness.errors import did_you_mean, format_allowed
+from harness.io import content_hash
+
+VAE_DOWNSAMPLE = 8  # SD-VAE: 256 px -> 32x32x4 latents
+LATENT_CHANNELS = 4
+
+
+class RunConfig(Config):
+    """Everything that determines one training run (and nothing that does not)."""
+
+    data: DataConfig = Field(default_factory=DataConfig)  # training images
+    encoder: str | None = None  # catalogue name of the target encoder (None for method none)
+    encoders: list[str] | None = None  # several target encoders (loss averaged over them)
+    method: str = "repa"  # alignment method: none | repa | irepa (harness.config.train.METHODS)
+    model: ModelConfig = Field(default_factory=ModelConfig)  # the SiT
+    align: AlignConfig = Field(default_factory=AlignConfig)  # alignment knobs (None = default)
+    train: TrainConfig = Field(default_factory=TrainConfig)  # optimisation and checkpoints
+    random_weights: bool = False  # build encoders with random weights (tests/CPU; recorded)
+    seed: int = Field(0, ge=0)  # run seed: init, data order, noise (per-rank seeds derived)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        if value not in METHODS:
+            raise ValueError(
+                f"unknown method {value!r}{did_you_mean(value, METHODS)}; "
+                f"allowed: {format_allowed(METHODS)}"
+            )
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _resolve_model(cls, model: ModelConfig, info: ValidationInfo) -> ModelConfig:
+        """Fill input_size / in_channels / num_classes from the data config."""
+        data = info.data.get("data")
+        if not isinstance(data, DataConfig):
+            return model  # the data section is invalid; its own error is reported
+        latent = model.space == "latent"
+        updates: dict[str, Any] = {}
+        if model.input_size is None:
+            updates["input_size"] = data.resolution // VAE_DOWNSAMPLE if latent else data.resolution
+        if model.in_channels is None:
+            updates["in_channels"] = LATENT_CHANNELS if latent else 3
+        if model.num_classes is None:
+            updates["num_classes"] = data.num_classes
+        return model.model_copy(update=updates) if updates else model
+
+    @field_validator("align")
+    @classmethod
+    def _resolve_align(cls, align: AlignConfig, info: ValidationInfo) -> AlignConfig:
+        """Fill ``None`` alignment fields from the method registry and the SiT preset."""
+        method, model = info.data.get("method"), info.data.get("model")
+        if not isinstance(method, str) or not isinstance(model, ModelConfig):
+            return align  # reported by the method / model validators
+        return align.resolved(method, model.arch.align_depth)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        self._check()
+        return self
+
+    def _check(self) -> None:
+        spec = METHODS.get(self.method)
+        arch = self.model.arch
+        targets = self.targets
+        if spec.uses_encoder and not targets:
+            raise ValueError(
+                f"method {self.method!r} aligns to an encoder: set 'encoder' (a catalogue name) "
+                "or 'encoders' (a list)"
+            )
+        if not spec.uses_encoder and targets:
+            raise ValueError(
+                f"method {self.method!r} uses no encoder, but encoder(s) {targets} were given; "
+                "remove them or choose method repa/irepa"
+            )
+        if self.encoder is not None and self.encoders is not None:
+            raise ValueError("give either 'encoder' or 'encoders', not both")
+        if self.encoders is not None and len(set(self.encoders)) != len(self.encoders):
+            raise ValueError(f"encoders contains duplicates: {self.encoders}")
+        depth = self.align.encoder_depth
+        if spec.uses_encoder and depth is not None and depth >= arch.depth:
+            raise ValueError(
+                f"align.encoder_depth = {depth} is beyond {self.model.name} "
+                f"({arch.depth} blocks); allowed: 1..{arch.depth - 1}"
+            )
+        if self.model.space == "latent" and self.data.resolution % VAE_DOWNSAMPLE:
+            raise ValueError(
+                f"latent space needs data.resolution divisible by {VAE_DOWNSAMPLE}, "
+                f"got {self.data.resolution}"
+            )
+        if self.model.input_size % arch.patch:
+            raise ValueError(
+                f"model.input_size {self.model.input_size} is not divisible by the patch size "
+                f"{arch.patch} of {self.model.name}; choose another patch (/2, /4, /8) or resolution"
+            )
+        if self.model.num_classes < self.data.num_classes and self.data.source == "generated":
+            raise ValueError(
+                f"model.num_classes ({self.model.num_classes}) < data.num_classes "
+                f"({self.data.num_classes})"
+            )
+        projector = PROJECTOR_KINDS.get(self.align.projector or "mlp")
+        if spec.uses_encoder and projector.spatial and self.model.grid[0] != self.model.grid[1]:
+            raise ValueError(f"projector {self.align.projector!r} needs a square token grid")
+
+    @property
+    def targets(self) -> list[str]:
+        """The target encoder names (empty for method none)."""
+        if self.encoders is not None:
+            return list(self.encoders)
+        return [self.encoder] if self.encoder is not None else []
+
+    @property
+    def uses_encoder(self) -> bool:
+        return METHODS.get(self.method).uses_encoder
+
+
+def run_from_doc(doc: YamlDoc, overrides: Sequence[str] = ()) -> RunConfig:
+    """Validate a parsed run YAML (plus ``--set`` overrides) into a :class:`RunConfig`."""
+    return validate(RunConfig, doc, overrides)
+
+
+def load_run(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
+    """Load and validate a run YAML file; raises ConfigError with file:line on problems."""
+    return run_from_doc(load_yaml(path), overrides)
+
+
+def run_slug(run: RunConfig) -> str:
+    """Readable part of the run id, e.g. ``dinov2-b__irepa__sit-b2__s0``."""
+    encoder = "+".join(run.targets) if run.targets else "none"
+    model = run.model.name.lower().replace("/", "")
+    return f"{encoder}__{run.method}__{model}__s{run.seed}"
+
+
+# Train fields that change how a run is executed or logged, never what it computes.
+OPERATIONAL_TRAIN_FIELDS = (
+    "ckpt_every",
+    "keep_last",
+    "keep_steps",
+    "log_every",
+    "sync_every",
+    "num_workers",
+)
+
+
+def identity(run: RunConfig) -> dict[str, Any]:
+    """The resolved config minus operational fields: what :func:`run_id` hashes."""
+    doc = run.to_dict()
+    for key in OPERATIONAL_TRAIN_FIELDS:
+        doc["train"].pop(key)
+    return doc
+
+
+def run_id(run: RunConfig) -> str:
+    """Stable id: readable slug + hash of the resolved config (operational fields excluded),
+    e.g. ``dinov2-b__irepa__sit-b2__s0__3f2a9c0d``."""
+    safe = "".join(c if c.isalnum() or c in "-_.+" else "-" for c in run_slug(run))
+    return f"{safe}__{content_hash(identity(run), 8)}"

@@ -1,0 +1,75 @@
+"""Read the sections the eval commands need (``data``, ``eval``, ``probe``) from any YAML: a sweep,
+a run config, a file holding just those sections, or a bare data config. Errors keep their
+``file:line: key.path`` form. No torch here: the CLI imports this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from harness.config.loader import YamlDoc, load_yaml, parse_override, validate
+from harness.errors import ConfigError
+from harness.io import content_hash
+
+
+def load_sections(
+    path: str | Path | None,
+    sections: dict[str, type[BaseModel]],
+    overrides: Sequence[str] = (),
+    *,
+    bare: str | None = None,
+) -> dict[str, Any]:
+    """Validate the named top-level sections of ``path`` (defaults when a section is absent).
+
+    Args:
+        path: YAML file, or None for defaults only.
+        sections: section name -> config class, e.g. ``{"data": DataConfig, "eval": EvalConfig}``.
+        overrides: ``--set section.key=value`` (applied before validation).
+        bare: a section that may also be the whole file (e.g. ``"data"`` for a data config
+            without a ``data:`` key).
+
+    Returns:
+        ``{section name: validated config}``.
+    """
+    doc = load_yaml(path) if path is not None else YamlDoc(path="<defaults>", data={})
+    if (
+        bare is not None
+        and doc.data
+        and not set(doc.data) & set(sections)
+        and _looks_like(doc, sections[bare])
+    ):
+        doc = YamlDoc(
+            path=doc.path,
+            data={bare: doc.data},
+            lines={(bare, *k): v for k, v in doc.lines.items()},
+        )
+    for text in overrides:
+        key_path, _ = parse_override(text)
+        if key_path[0] not in sections:
+            raise ConfigError(
+                f"--set {text!r}: the key must start with a section name: {', '.join(sections)}",
+                hint=f"e.g. --set {next(iter(sections))}.<key>=<value>",
+            )
+    out: dict[str, Any] = {}
+    for name, model in sections.items():
+        section_overrides = [o.partition(".")[2] for o in overrides if o.split(".", 1)[0] == name]
+        data = doc.data.get(name) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{doc.where((name,))}: {name}: expected a mapping")
+        lines = {k[1:]: v for k, v in doc.lines.items() if k[:1] == (name,)}
+        sub = YamlDoc(path=f"{doc.path} [{name}]", data=dict(data), lines=lines)
+        out[name] = validate(model, sub, section_overrides)
+    return out
+
+
+def _looks_like(doc: YamlDoc, model: type[BaseModel]) -> bool:
+    return set(doc.data) <= set(model.model_fields)
+
+
+def stage_key(stage: str, **parts: Any) -> str:
+    """Content key of a command-line stage run (artifact directory name)."""
+    return content_hash({"stage": stage, **parts})

@@ -1,0 +1,389 @@
+"""Spatial-structure metrics of patch tokens: LDS, CDS, SRSS, RMSC (iREPA §3, App. B).
+
+Definitions (exactly those of the iREPA analysis code, ``metrics/spatial_metrics.py``). Tokens
+``x_t`` (B, T, D) lie on an (h, w) grid in row-major order; every token is L2-normalised in
+float32 (eps 1e-8), cos(t, t') is their dot product and d(t, t') the Manhattan distance.
+
+* **LDS** = mean cos over 4-neighbour pairs − mean cos over pairs with d ≥ ``far_dist`` (6).
+  (No far pair: the far mean counts as 0, like the published code's clamped denominator.)
+* **CDS** = −slope of the least-squares line through g(δ) = mean cos over pairs at d = δ, for
+  δ = 1..``cds_max_dist`` (8) where such pairs exist (fewer than two distances: 0).
+* **SRSS** (needs foreground masks) = mean over valid foreground anchors a of
+  [mean cos(a, fg tokens at 1 ≤ d ≤ ``srss_pos_dist``) − mean cos(a, bg tokens at
+  d ≥ ``srss_neg_dist``)]; an anchor is valid when both sets are non-empty. NaN for an image
+  with no valid anchor, or with fewer than ``srss_min_fg`` / ``srss_min_bg`` fg / bg tokens.
+* **RMSC** = sqrt(mean_t ||x_t − mean_t' x_t'||²) of the normalised tokens.
+
+How it is computed (no T×T matrix). Every quantity is a sum of dot products over token pairs
+grouped by their offset o = (dy, dx), i.e. a (cross-)correlation of two token fields:
+C(o) = Σ_p <a_p, b_{p+o}>. Along rows the correlation is taken in a zero-padded DFT basis
+(cos/sin of length L = h + R, applied as one GEMM), along columns as diagonals of a small
+(w × w) Gram per frequency, so only offsets |dy|, |dx| ≤ R are ever formed and the work is
+O(T·D·(h + R)) GEMM FLOPs per image instead of the O(T²·D) of a dense Gram plus T² masks.
+Sums over far pairs are "all pairs minus near pairs" (all pairs: ||Σ x||²). SRSS per-anchor
+means are linear in the anchor's dot products once the (mask-only) per-anchor counts are known,
+so they reduce to weighted cross-correlations of masked token fields. Images are processed in
+chunks of bounded size, so memory does not grow with the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from harness.errors import did_you_mean
+from harness.metrics import MetricError
+
+METRICS = ("lds", "cds", "rmsc", "srss")
+
+
+@dataclass(frozen=True)
+class SpatialParams:
+    """Every radius and threshold of the metrics (defaults: the published analysis code)."""
+
+    far_dist: int = 6  # LDS: far pairs have d >= far_dist
+    cds_max_dist: int = 8  # CDS: correlogram fitted at d = 1..cds_max_dist
+    srss_pos_dist: int = 1  # SRSS: positives are fg tokens at 1 <= d <= srss_pos_dist
+    srss_neg_dist: int = 6  # SRSS: negatives are bg tokens at d >= srss_neg_dist
+    srss_min_fg: int = 0  # SRSS: NaN for an image with fewer fg tokens
+    srss_min_bg: int = 0  # SRSS: NaN for an image with fewer bg tokens
+    eps: float = 1e-8  # L2-normalisation epsilon
+    chunk_bytes: int = 32 << 20  # images per internal chunk: about this many bytes of tokens
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "eps":
+                if not (isinstance(value, float | int) and value > 0):
+                    raise MetricError(f"spatial_metrics: eps must be a positive number, got {value!r}")
+                continue
+            minimum = 0 if f.name.startswith("srss_min") else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise MetricError(
+                    f"spatial_metrics: {f.name} must be an integer >= {minimum}, got {value!r}"
+                )
+        if self.srss_neg_dist <= self.srss_pos_dist:
+            raise MetricError(
+                f"spatial_metrics: srss_neg_dist ({self.srss_neg_dist}) must be > "
+                f"srss_pos_dist ({self.srss_pos_dist})"
+            )
+
+
+def spatial_metrics(
+    features: torch.Tensor,
+    grid: int | Sequence[int] | None = None,
+    masks: torch.Tensor | None = None,
+    *,
+    name: str | None = None,
+    **params: Any,
+) -> dict[str, torch.Tensor]:
+    """Per-image spatial-structure metrics of patch tokens.
+
+    Args:
+        features: (B, T, D) patch tokens in row-major grid order (any float dtype).
+        grid: (h, w) or a side for a square grid; None infers a square grid from T.
+        masks: optional (B, T) bool foreground masks (row-major, same grid); enables "srss".
+        name: the encoder's name, used in error messages.
+        **params: fields of :class:`SpatialParams` (far_dist, cds_max_dist, srss_pos_dist,
+            srss_neg_dist, srss_min_fg, srss_min_bg, eps, chunk_bytes); others are errors.
+
+    Returns:
+        {"lds", "cds", "rmsc"[, "srss"]} -> (B,) float64 tensors on the features' device.
+
+    Raises:
+        MetricError: bad shapes, a grid that does not match T, a mask of the wrong shape,
+            non-finite features, or an unknown parameter.
+    """
+    p = _params(params)
+    who = f"encoder {name!r}" if name else "spatial_metrics"
+    features, (h, w) = _check_features(features, grid, who)
+    if masks is not None:
+        masks = _check_masks(masks, features.shape, who)
+    chunk = max(1, p.chunk_bytes // max(1, h * w * features.shape[-1] * 4))
+    parts: list[dict[str, torch.Tensor]] = []
+    for start in range(0, features.shape[0], chunk):
+        stop = start + chunk
+        parts.append(
+            _chunk_metrics(
+                features[start:stop], h, w, None if masks is None else masks[start:stop], p
+            )
+        )
+    return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+# ---------------------------------------------------------------------------------------------
+def _params(params: dict[str, Any]) -> SpatialParams:
+    allowed = [f.name for f in fields(SpatialParams)]
+    for key in params:
+        if key not in allowed:
+            raise MetricError(
+                f"spatial_metrics: unknown parameter {key!r}{did_you_mean(key, allowed)}",
+                hint=f"allowed: {', '.join(allowed)}",
+            )
+    return SpatialParams(**params)
+
+
+def _check_features(
+    features: Any, grid: int | Sequence[int] | None, who: str
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    if not isinstance(features, torch.Tensor) or features.ndim != 3:
+        shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features)
+        raise MetricError(f"{who}: features must be a (B, T, D) tensor, got {shape}")
+    b, t, d = features.shape
+    if b == 0 or t == 0 or d == 0:
+        raise MetricError(f"{who}: features (B, T, D) = {(b, t, d)} has an empty dimension")
+    if not features.is_floating_point():
+        raise MetricError(f"{who}: features must be floating point, got {features.dtype}")
+    if grid is None:
+        side = math.isqrt(t)
+        if side * side != t:
+            raise MetricError(
+                f"{who}: features {tuple(features.shape)} have T={t} tokens, not a square "
+                "number; pass grid=(h, w)"
+            )
+        hw = (side, side)
+    else:
+        hw = (grid, grid) if isinstance(grid, int) else tuple(int(g) for g in grid)
+        if len(hw) != 2 or min(hw) < 1 or hw[0] * hw[1] != t:
+            raise MetricError(
+                f"{who}: grid {tuple(hw)} does not match features {tuple(features.shape)} "
+                f"(h*w must equal T={t})"
+            )
+    sums = features.sum(tuple(range(1, features.ndim)))  # NaN/inf propagate into the sum
+    if not bool(torch.isfinite(sums).all()):
+        suspects = torch.nonzero(~torch.isfinite(sums)).flatten()
+        finite = torch.isfinite(features[suspects]).flatten(1).all(1)
+        bad = suspects[~finite]
+        if bad.numel():
+            raise MetricError(
+                f"{who}: features {tuple(features.shape)} contain NaN/inf in {bad.numel()} "
+                f"image(s), first at batch index {int(bad[0])}",
+                hint="check the encoder's dtype (bf16/fp16 overflow) and its input preprocessing",
+            )
+    return features, (int(hw[0]), int(hw[1]))
+
+
+def _check_masks(masks: Any, shape: torch.Size, who: str) -> torch.Tensor:
+    b, t, _ = shape
+    if not isinstance(masks, torch.Tensor) or tuple(masks.shape) != (b, t):
+        got = tuple(masks.shape) if isinstance(masks, torch.Tensor) else type(masks)
+        raise MetricError(
+            f"{who}: masks must be (B, T) = {(b, t)} to match features {tuple(shape)}, got {got}"
+        )
+    if masks.dtype != torch.bool:
+        if masks.is_floating_point() or masks.is_complex() or bool(((masks != 0) & (masks != 1)).any()):
+            raise MetricError(f"{who}: masks must be bool (or 0/1 integers), got {masks.dtype}")
+        masks = masks.bool()
+    return masks
+
+
+# ---------------------------------------------------------------------------------------------
+# the fast path
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Basis:
+    """Constants for correlations with offsets |dy| <= ry, |dx| <= rx on an (h, w) grid."""
+
+    ry: int
+    rx: int
+    dft: torch.Tensor  # (2K, h): cos rows then sin rows of the length-L row DFT
+    coef: torch.Tensor  # (ry+1, K) float64: Re-spectrum -> C(dy) + C(-dy) (C(0) for dy = 0)
+    diag: torch.Tensor  # (w*w, 2rx+1): one-hot of the column offset c' - c
+    dist: torch.Tensor  # (ry+1, 2rx+1) long: dy + |dx| of each table cell
+    pairs: tuple[float, ...]  # unordered token pairs at each distance 0..reach
+
+
+@lru_cache(maxsize=32)
+def _basis(h: int, w: int, reach: int, device: str) -> _Basis:
+    ry, rx = min(reach, h - 1), min(reach, w - 1)
+    length = h + ry
+    freqs = length // 2 + 1
+    k = torch.arange(freqs, dtype=torch.float64)
+    angle = 2 * math.pi * k[:, None] * torch.arange(h, dtype=torch.float64)[None] / length
+    dft = torch.cat([torch.cos(angle), torch.sin(angle)]).to(torch.float32)  # (2K, h)
+    mult = torch.full((freqs,), 2.0, dtype=torch.float64)  # Hermitian pairs k, L-k
+    mult[0] = 1.0
+    if length % 2 == 0:
+        mult[-1] = 1.0
+    dy = torch.arange(ry + 1, dtype=torch.float64)
+    coef = mult[None] * torch.cos(2 * math.pi * dy[:, None] * k[None] / length) / length
+    coef[1:] *= 2.0
+    col = torch.arange(w)
+    offset = (col[None, :] - col[:, None]).reshape(-1)  # c' - c for (c, c') row-major
+    diag = torch.zeros(w * w, 2 * rx + 1)
+    keep = offset.abs() <= rx
+    diag[torch.nonzero(keep).flatten(), (offset[keep] + rx)] = 1.0
+    dxs = torch.arange(-rx, rx + 1)
+    dist = torch.arange(ry + 1)[:, None] + dxs.abs()[None, :]
+    counts = [0.0] * (reach + 1)  # ordered pairs at each distance 0..reach
+    for y in range(-ry, ry + 1):
+        for x in range(-rx, rx + 1):
+            if abs(y) + abs(x) <= reach:
+                counts[abs(y) + abs(x)] += (h - abs(y)) * (w - abs(x))
+    pairs = tuple(c / 2 for c in counts)  # unordered (distance 0: half the self pairs)
+    dev = torch.device(device)
+    return _Basis(ry, rx, dft.to(dev), coef.to(dev), diag.to(dev), dist.to(dev), pairs)
+
+
+def _row_dft(x: torch.Tensor, basis: _Basis) -> torch.Tensor:
+    """Row-direction DFT of a token field: (b, h, w, D) -> (b, 2K, w, D)."""
+    b, h, w, d = x.shape
+    out = torch.matmul(basis.dft, x.reshape(b, h, w * d))  # (b, 2K, w*D)
+    return out.view(b, -1, w, d)
+
+
+def _field_sum(f: torch.Tensor) -> torch.Tensor:
+    """Σ over all positions of a token field, from its row DFT (b, 2K, w, D) -> (b, D)."""
+    return f[:, 0].double().sum(1)
+
+
+def _corr_table(fa: torch.Tensor, fb: torch.Tensor, basis: _Basis) -> torch.Tensor:
+    """Offset table of the cross-correlation C(o) = Σ_p <a_p, b_{p+o}> from row DFTs.
+
+    Returns (b, ry+1, 2rx+1) float64: row 0 holds C(0, dx); row dy > 0 holds
+    C(dy, dx) + C(-dy, dx), for dx = -rx..rx.
+    """
+    b, k2, w, d = fa.shape
+    gram = torch.bmm(fa.reshape(b * k2, w, d), fb.reshape(b * k2, w, d).transpose(1, 2))
+    re = gram.view(b, 2, k2 // 2, w * w).sum(1)  # (b, K, w*w): cos·cos + sin·sin
+    per_dx = torch.matmul(re, basis.diag).double()  # (b, K, 2rx+1)
+    return torch.einsum("yk,bkx->byx", basis.coef, per_dx)
+
+
+def _sum_within(table: torch.Tensor, basis: _Basis, low: int, high: int) -> torch.Tensor:
+    """Σ over all offsets o with low <= |o|_1 <= high of a correlation table -> (b,)."""
+    keep = (basis.dist >= low) & (basis.dist <= high)
+    return (table * keep).sum((1, 2))
+
+
+def _ring_sums(table: torch.Tensor, basis: _Basis, reach: int) -> torch.Tensor:
+    """Unordered-pair sums at each distance 0..reach of an autocorrelation table -> (b, reach+1)."""
+    onehot = F.one_hot(basis.dist.clamp(max=reach + 1), reach + 2)[..., : reach + 1]
+    return 0.5 * torch.einsum("byx,yxr->br", table, onehot.double())
+
+
+def _chunk_metrics(
+    feats: torch.Tensor, h: int, w: int, masks: torch.Tensor | None, p: SpatialParams
+) -> dict[str, torch.Tensor]:
+    b, t, d = feats.shape
+    feats = feats.to(torch.float32)
+    norms = torch.linalg.vector_norm(feats, dim=-1, keepdim=True)  # (b, T, 1)
+    x = feats / norms.clamp(min=p.eps)  # (b, T, D): F.normalize(feats, eps=eps)
+    sq_norms = (norms / norms.clamp(min=p.eps)).square().squeeze(-1).double()  # ||x_t||² (b, T)
+    out: dict[str, torch.Tensor] = {}
+
+    reach = max(p.cds_max_dist, p.far_dist - 1, 1)
+    if masks is not None:
+        reach = max(reach, p.srss_neg_dist - 1)
+    basis = _basis(h, w, reach, str(x.device))
+    grid_x = x.view(b, h, w, d)
+    fx = _row_dft(grid_x, basis)
+    x_sum = _field_sum(fx)  # (b, D)
+    rings = _ring_sums(_corr_table(fx, fx, basis), basis, reach)  # (b, reach+1)
+    pairs = torch.tensor(basis.pairs, dtype=torch.float64, device=x.device)  # (reach+1,)
+
+    # LDS: 4-neighbours vs "all pairs minus pairs closer than far_dist"
+    near = rings[:, 1] / pairs[1] if pairs[1] > 0 else torch.full_like(rings[:, 1], math.nan)
+    all_pairs = (x_sum.square().sum(-1) - sq_norms.sum(1)) / 2  # Σ_{t<t'} cos (b,)
+    close = slice(1, p.far_dist)
+    far_pairs = t * (t - 1) / 2 - float(pairs[close].sum())
+    far_sum = all_pairs - rings[:, close].sum(1)
+    out["lds"] = near - (far_sum / far_pairs if far_pairs > 0 else torch.zeros_like(far_sum))
+
+    # CDS: least-squares slope of the correlogram at distances 1..cds_max_dist
+    present = [dist for dist in range(1, p.cds_max_dist + 1) if pairs[dist] > 0]
+    if len(present) >= 2:
+        dists = torch.tensor(present, dtype=torch.float64, device=x.device)
+        g = rings[:, present] / pairs[present]  # (b, n)
+        centred = dists - dists.mean()
+        out["cds"] = -((g - g.mean(1, keepdim=True)) @ centred) / (centred @ centred)
+    else:
+        out["cds"] = torch.zeros(b, dtype=torch.float64, device=x.device)
+
+    out["rmsc"] = _rmsc(x, sq_norms, x_sum)
+    if masks is not None:
+        out["srss"] = _srss(grid_x, masks.view(b, h, w), basis, p)
+    return out
+
+
+def _rmsc(x: torch.Tensor, sq_norms: torch.Tensor, x_sum: torch.Tensor) -> torch.Tensor:
+    """sqrt(mean_t ||x_t - m||²) = sqrt(mean_t ||x_t||² - ||m||²); images whose value is small
+    (where that difference loses float32 digits) are recomputed directly."""
+    t = x.shape[1]
+    mean_sq = (sq_norms.mean(1) - (x_sum / t).square().sum(-1)).clamp(min=0)  # (b,)
+    redo = torch.nonzero(mean_sq < 1e-2).flatten()
+    if redo.numel():
+        xr = x[redo].double()
+        mean_sq[redo] = (xr - xr.mean(1, keepdim=True)).square().sum(-1).mean(1)
+    return mean_sq.sqrt()
+
+
+def _srss(x: torch.Tensor, fg: torch.Tensor, basis: _Basis, p: SpatialParams) -> torch.Tensor:
+    """SRSS via weighted (cross-)correlations; x (b, h, w, D) normalised, fg (b, h, w) bool.
+
+    With per-anchor weights u_a = valid_a / |pos(a)| and v_a = valid_a / |neg(a)| (masks only):
+    Σ_a valid_a (mean_pos(a) - mean_neg(a)) = Σ_{a, o in ring} u_a fg_{a+o} cos(a, a+o)
+    - <Σ_a v_a x_a, Σ_{b in bg} x_b> + Σ_{a, |o| < srss_neg_dist} v_a bg_{a+o} cos(a, a+o).
+    """
+    fgf = fg.to(x.dtype)  # (b, h, w)
+    bgf = 1.0 - fgf
+    pos_cnt = _count_within(fgf, 1, p.srss_pos_dist)
+    neg_cnt = bgf.sum((1, 2))[:, None, None] - _count_within(bgf, 0, p.srss_neg_dist - 1)
+    enough = (fgf.sum((1, 2)) >= max(p.srss_min_fg, 1)) & (bgf.sum((1, 2)) >= max(p.srss_min_bg, 1))
+    valid = fg & (pos_cnt > 0) & (neg_cnt > 0) & enough[:, None, None]
+    pos_weight = valid / pos_cnt.clamp(min=1)  # (b, h, w)
+    neg_weight = valid / neg_cnt.clamp(min=1)
+
+    positives = _weighted_near_sum(x, pos_weight, fgf, p.srss_pos_dist)
+    f_bg = _row_dft(bgf[..., None] * x, basis)  # (b, 2K, w, D)
+    f_weighted = _row_dft(neg_weight[..., None] * x, basis)
+    close_negatives = _sum_within(
+        _corr_table(f_weighted, f_bg, basis), basis, 0, p.srss_neg_dist - 1
+    )
+    # row 0 of a row DFT is the column sums, so Σ_p v_p x_p and Σ_{p in bg} x_p are free
+    all_negatives = (_field_sum(f_weighted) * _field_sum(f_bg)).sum(-1)
+    n_valid = valid.sum((1, 2)).double()
+    srss = (positives - all_negatives + close_negatives) / n_valid.clamp(min=1)
+    return torch.where(n_valid > 0, srss, torch.full_like(srss, math.nan))
+
+
+def _weighted_near_sum(
+    x: torch.Tensor, weight: torch.Tensor, partner: torch.Tensor, radius: int
+) -> torch.Tensor:
+    """Σ_a Σ_{1 <= |o|_1 <= radius} weight_a partner_{a+o} <x_a, x_{a+o}> -> (b,), by direct
+    shifted dot products over the half-plane offsets (each pair is visited once)."""
+    b, h, w, _ = x.shape
+    total = torch.zeros(b, dtype=torch.float64, device=x.device)
+    for dy in range(0, min(radius, h - 1) + 1):
+        for dx in range(-min(radius - dy, w - 1), min(radius - dy, w - 1) + 1):
+            if (dy == 0 and dx <= 0) or dy + abs(dx) > radius:
+                continue
+            a = (slice(None), slice(0, h - dy), slice(max(0, -dx), w - max(0, dx)))
+            c = (slice(None), slice(dy, h), slice(max(0, dx), w - max(0, -dx)))
+            dots = (x[a] * x[c]).sum(-1)  # (b, h-dy, w-|dx|): <x_p, x_{p+o}>
+            both = weight[a] * partner[c] + weight[c] * partner[a]
+            total += (dots * both).sum((1, 2)).double()
+    return total
+
+
+@lru_cache(maxsize=32)
+def _diamond(low: int, high: int, device: str) -> torch.Tensor:
+    """(1, 1, 2r+1, 2r+1) 0/1 kernel of offsets with low <= |o|_1 <= high (r = high)."""
+    r = torch.arange(-high, high + 1)
+    dist = r[:, None].abs() + r[None, :].abs()
+    kernel = ((dist >= low) & (dist <= high)).float()
+    return kernel[None, None].to(torch.device(device))
+
+
+def _count_within(field: torch.Tensor, low: int, high: int) -> torch.Tensor:
+    """For each position, Σ field over positions at distance low..high: (b, h, w) -> (b, h, w)."""
+    kernel = _diamond(low, high, str(field.device)).to(field.dtype)
+    return F.conv2d(field[:, None], kernel, padding=high)[:, 0]

@@ -1,0 +1,115 @@
+"""The slice of the results database that ``harness report`` reads (its read contract).
+
+``harness.store`` owns the database; this module only names the tables/views and columns the
+report depends on, with their DuckDB types, so that reading fails loudly (not silently) when the
+schema drifts, and so that tests and benchmarks can build a database with exactly this shape.
+"""
+
+from __future__ import annotations
+
+# name -> ((column, duckdb type), ...)
+READ_CONTRACT: dict[str, tuple[tuple[str, str], ...]] = {
+    "v_study": (
+        ("sweep", "VARCHAR"),
+        ("run_id", "VARCHAR"),
+        ("encoder", "VARCHAR"),  # NULL for method 'none'
+        ("method", "VARCHAR"),
+        ("model", "VARCHAR"),
+        ("seed", "BIGINT"),
+        ("step", "BIGINT"),
+        ("train_status", "VARCHAR"),
+        ("fid", "DOUBLE"),
+        ("isc", "DOUBLE"),
+        ("kid", "DOUBLE"),
+        ("precision", "DOUBLE"),
+        ("recall", "DOUBLE"),
+        ("fd_dinov2", "DOUBLE"),
+        ("num_samples", "BIGINT"),
+        ("sampler", "VARCHAR"),
+        ("nfe", "BIGINT"),
+        ("cfg_scale", "DOUBLE"),
+        ("guidance_low", "DOUBLE"),
+        ("guidance_high", "DOUBLE"),
+        ("vae", "VARCHAR"),
+        ("reference_key", "VARCHAR"),
+        ("extractor", "VARCHAR"),
+        ("extractor_substitute", "BOOLEAN"),
+        ("protocol_key", "VARCHAR"),
+        ("lp_top1", "DOUBLE"),
+        ("lp_top5", "DOUBLE"),
+        ("lds", "DOUBLE"),
+        ("cds", "DOUBLE"),
+        ("srss", "DOUBLE"),
+        ("rmsc", "DOUBLE"),
+        ("published_name", "VARCHAR"),
+    ),
+    "train_log": (
+        ("run_id", "VARCHAR"),
+        ("step", "BIGINT"),
+        ("loss", "DOUBLE"),
+        ("flow_loss", "DOUBLE"),
+        ("proj_loss", "DOUBLE"),
+        ("align_cos", "DOUBLE"),
+        ("grad_norm", "DOUBLE"),
+        ("lr", "DOUBLE"),
+        ("images_per_s", "DOUBLE"),
+        ("time", "DOUBLE"),
+    ),
+    "runs": (
+        ("run_id", "VARCHAR"),
+        ("sweep", "VARCHAR"),
+        ("encoder", "VARCHAR"),
+        ("method", "VARCHAR"),
+        ("model", "VARCHAR"),
+        ("seed", "BIGINT"),
+        ("steps_target", "BIGINT"),
+        ("steps_done", "BIGINT"),
+        ("status", "VARCHAR"),
+        ("config", "VARCHAR"),
+    ),
+    "stages": (
+        ("key", "VARCHAR"),
+        ("stage", "VARCHAR"),
+        ("label", "VARCHAR"),
+        ("state", "VARCHAR"),
+        ("job_id", "VARCHAR"),
+        ("error", "VARCHAR"),
+    ),
+    "published": (
+        ("paper", "VARCHAR"),
+        ("encoder", "VARCHAR"),
+        ("model", "VARCHAR"),
+        ("method", "VARCHAR"),
+        ("train_steps", "VARCHAR"),  # numbers or 'NA' as printed in the papers' tables
+        ("cfg", "VARCHAR"),
+        ("metric", "VARCHAR"),
+        ("value", "DOUBLE"),
+        ("source_note", "VARCHAR"),
+    ),
+    "spatial_metrics": (
+        ("encoder", "VARCHAR"),
+        ("dataset", "VARCHAR"),
+        ("grid", "VARCHAR"),
+        ("n_images", "BIGINT"),
+        ("lds", "DOUBLE"),
+        ("cds", "DOUBLE"),
+        ("srss", "DOUBLE"),
+        ("rmsc", "DOUBLE"),
+    ),
+    "probes": (
+        ("encoder", "VARCHAR"),
+        ("pooling", "VARCHAR"),
+        ("top1", "DOUBLE"),
+        ("top5", "DOUBLE"),
+    ),
+    "encoders": (
+        ("name", "VARCHAR"),
+        ("family", "VARCHAR"),
+        ("published_name", "VARCHAR"),
+    ),
+}
+
+
+def columns(name: str) -> list[str]:
+    """The column names the report reads from table/view ``name``."""
+    return [column for column, _ in READ_CONTRACT[name]]

@@ -1,0 +1,41 @@
+"""``latents``: the SD-VAE latent cache of the training images (latent-space sweeps only),
+encoded once per dataset × VAE and shared by every run (``harness.train.latents``; training
+finds the complete cache under ``results/cache/latents/<key>`` by itself)."""
+
+from __future__ import annotations
+
+from harness.stages import Stage, StageContext, StageOutcome, register, typed
+
+SPLIT = "train"
+BATCH_SIZE = 64
+
+
+def run(ctx: StageContext) -> StageOutcome:
+    from harness.config.data import DataConfig
+    from harness.data import build_dataset
+    from harness.paths import cache_dir
+    from harness.train.latents import LatentCache, cache_key, load_vae
+
+    data = typed(DataConfig, ctx.config["data"])
+    vae_id, random_vae = ctx.config["vae"], bool(ctx.config["random_weights"])
+    dataset = build_dataset(data, SPLIT)
+    key = cache_key(dataset.fingerprint(), SPLIT, vae_id, random_vae)
+    cache = LatentCache(cache_dir(ctx.root, "latents") / key)
+    meta = {"dataset": dataset.fingerprint(), "split": SPLIT, "vae": vae_id,
+            "random_vae": random_vae, "data": data.to_dict()}
+    encoded = 0
+    if not cache.complete:
+        vae = load_vae(vae_id, ctx.device, random_weights=random_vae)
+        encoded = cache.prepare(dataset, vae, meta=meta, batch_size=BATCH_SIZE, device=ctx.device)
+    return StageOutcome({**meta, "cache_key": key, "n_images": len(dataset), "encoded": encoded})
+
+
+STAGE = register(
+    Stage(
+        name="latents",
+        version=1,
+        run=run,
+        key_fields=("data", "vae", "random_weights"),
+        description="SD-VAE latent cache of the training images",
+    )
+)

@@ -1,0 +1,40 @@
+"""``probe``: an encoder's linear-probe accuracy on mean-pooled patch tokens.
+
+One instance per encoder × dataset × probe settings × token grid, shared by every run of that
+encoder and by every sweep (``harness.eval.probe.run_probe`` does the work).
+"""
+
+from __future__ import annotations
+
+from harness.stages import Stage, StageContext, StageOutcome, register, typed
+
+
+def run(ctx: StageContext) -> StageOutcome:
+    from harness.config.data import DataConfig
+    from harness.config.encoders import EncoderSpec
+    from harness.config.eval import ProbeConfig
+    from harness.eval.probe import run_probe
+
+    payload = run_probe(
+        typed(EncoderSpec, ctx.config["encoder_spec"]),
+        typed(DataConfig, ctx.config["data"]),
+        typed(ProbeConfig, ctx.config["probe"]),
+        ctx.out_dir,
+        grid=tuple(ctx.config["grid"]),
+        device=ctx.device,
+        random_weights=bool(ctx.config["random_weights"]),
+        root=ctx.root,
+    )
+    return StageOutcome(payload)
+
+
+STAGE = register(
+    Stage(
+        name="probe",
+        version=1,
+        run=run,
+        key_fields=("encoder_spec", "data", "probe", "grid", "random_weights"),
+        key_exclude=("encoder_spec.notes", "encoder_spec.license", "probe.extract_batch_size"),
+        description="encoder linear probe (top-1 / top-5)",
+    )
+)

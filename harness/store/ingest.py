@@ -1,0 +1,571 @@
+"""``harness ingest``: the only code that writes the results database.
+
+Jobs never open DuckDB. Each stage writes files into its artifact directory (``result.json``
+last, atomically); the sweep engine writes ``plans/<sweep>/plan.json`` and ``jobs.jsonl``.
+:func:`ingest` loads all of them into ``results/harness.duckdb`` in one transaction:
+
+1. **scan** every source file and compare its (mtime, size) with the ``ingested`` table, so a
+   re-ingest reads only new or changed files (and drops the rows of vanished ones);
+2. **source layer**: replace the rows of each changed file (``results``, ``stage_states``,
+   ``plans``/``plan_stages``, ``submissions``, ``published``); an unreadable file is skipped,
+   listed in ``ingest_errors`` and in the report, and never stops the ingest;
+3. **child layer**: ``train_log`` / ``spatial_per_image`` rows of the artifact that owns each
+   run / measurement, delete-then-insert per stage key, so a resumed run never duplicates steps;
+4. **derived layer**: refresh the natural-key tables from the ``derive_*`` views.
+
+The result is a pure function of the files: ``ingest --rebuild`` (build a new file from the
+artifacts alone, then rename it into place) reproduces the same table contents.
+Concurrent ingests queue on an ``fcntl`` lock; see :mod:`harness.store.db` for busy handling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harness.errors import ArtifactError, StoreError
+from harness.io import atomic_write, write_json
+from harness.logs import event, get_logger
+from harness.paths import database_path, results_root
+from harness.progress import progress
+from harness.store import sources
+from harness.store.db import (
+    connect_readonly,
+    connect_readwrite,
+    ingest_lock,
+    latest_version,
+    migrate,
+    schema_version,
+    storage_mode,
+    wal_path,
+)
+from harness.store.published import read_published
+from harness.store.sources import SourceFile
+
+if TYPE_CHECKING:
+    import duckdb
+
+log = get_logger(__name__)
+
+# tables whose row counts the report gives
+REPORTED_TABLES = (
+    "stages",
+    "runs",
+    "encoders",
+    "train_log",
+    "evaluations",
+    "spatial_metrics",
+    "spatial_per_image",
+    "probes",
+    "fid_refs",
+    "environments",
+    "published",
+)
+# derived tables, refreshed in this order from derive_<table> (runs reads stages and train_log)
+DERIVED_TABLES = (
+    "stages",
+    "encoders",
+    "runs",
+    "evaluations",
+    "spatial_metrics",
+    "probes",
+    "fid_refs",
+    "environments",
+)
+# source tables holding each kind of file's rows: (table, column naming the file's owner)
+SOURCE_TABLES: dict[str, tuple[tuple[str, str | None], ...]] = {
+    sources.RESULT: (("results", "stage_key"),),
+    sources.STATE: (("stage_states", "stage_key"),),
+    sources.PLAN: (("plans", "sweep"), ("plan_stages", "sweep")),
+    sources.JOBS: (("submissions", "sweep"),),
+    sources.PUBLISHED: (("published", None),),
+}
+READ_THREADS = 8  # parallel file reads (latency-bound on network filesystems)
+
+
+@dataclass
+class IngestReport:
+    """What an ingest did; also written to ``<db>.ingest.json`` next to the database."""
+
+    database: str  # path of the database
+    mode: str  # created | rebuild | inplace | snapshot | noop
+    files: int  # source files found
+    changed: dict[str, int] = field(default_factory=dict)  # files (re)read, per kind
+    vanished: int = 0  # files gone since the last ingest (their rows were removed)
+    skipped: list[dict[str, str]] = field(default_factory=list)  # unreadable: path, kind, error
+    rows: dict[str, int] = field(default_factory=dict)  # rows per table afterwards
+    schema_version: int = 0  # schema of the database afterwards
+    elapsed_s: float = 0.0  # wall time of the ingest
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        """A few human-readable lines (the CLI prints them)."""
+        changed = sum(self.changed.values())
+        lines = [
+            f"{self.database}: {self.mode}, {self.files} files, {changed} read"
+            + (
+                f" ({', '.join(f'{k} {v}' for k, v in sorted(self.changed.items()))})"
+                if changed
+                else ""
+            )
+            + (f", {self.vanished} vanished" if self.vanished else "")
+            + f", {self.elapsed_s:.2f} s",
+            "rows: " + ", ".join(f"{t} {n}" for t, n in self.rows.items()),
+        ]
+        for item in self.skipped:
+            lines.append(f"skipped {item['path']}: {item['error']}")
+        return "\n".join(lines)
+
+
+def report_path(db: Path) -> Path:
+    """Where the last ingest report is written (``harness.ingest.json``)."""
+    return db.with_suffix(".ingest.json")
+
+
+def ingest(
+    root: str | os.PathLike[str] | None = None, *, rebuild: bool = False, wait: float | None = None
+) -> IngestReport:
+    """Bring ``<root>/harness.duckdb`` up to date with the files under the results root.
+
+    Args:
+        root: the results root (default ``$HARNESS_RESULTS`` or ``./results``).
+        rebuild: build a new database from the files alone and rename it into place.
+        wait: seconds to wait while another ingest or a reader holds the database
+            (default ``$HARNESS_DB_WAIT`` or 60).
+
+    Returns:
+        The report: rows per table, files read, unreadable files skipped.
+
+    Raises:
+        StoreError: the results root is missing, or the database stayed busy (StoreBusyError).
+    """
+    started = time.perf_counter()
+    root = results_root(root)
+    if not root.is_dir():
+        raise StoreError(
+            f"results root {root} does not exist",
+            hint="pass --results DIR (or set $HARNESS_RESULTS) to the directory holding stages/",
+        )
+    db = database_path(root)
+    with ingest_lock(db, wait=wait):
+        found = sources.scan(root)
+        if rebuild or not db.exists():
+            everything = _Changes(list(found.values()), [], {})
+            mode = "rebuild" if rebuild else "created"
+            report = _build_and_publish(root, db, found, everything, mode)
+        else:
+            report = _ingest_existing(root, db, found, wait)
+        report.elapsed_s = round(time.perf_counter() - started, 3)
+        write_json(report_path(db), report.to_dict())
+    event(
+        log,
+        "store.ingest",
+        mode=report.mode,
+        files=report.files,
+        read=sum(report.changed.values()),
+        skipped=len(report.skipped),
+        seconds=report.elapsed_s,
+    )
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# modes
+# ---------------------------------------------------------------------------------------------
+def _ingest_existing(
+    root: Path, db: Path, found: dict[str, SourceFile], wait: float | None
+) -> IngestReport:
+    """Apply what changed since the last ingest: in place, or through a published snapshot."""
+    con = connect_readonly(db, wait=wait)
+    try:
+        version = schema_version(con)
+        changes = _diff(found, _known(con) if version else {})
+        if changes.empty and version == latest_version():
+            return _report(con, db, "noop", found, Counter(), 0)
+    finally:
+        con.close()
+    if storage_mode(db) == "snapshot":
+        return _build_and_publish(root, db, found, changes, "snapshot", start_from=db)
+    con = connect_readwrite(db, wait=wait)
+    try:
+        with _workspace() as work:
+            counts = _apply(con, root, work, changes)
+        report = _report(con, db, "inplace", found, counts, len(changes.vanished))
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+    return report
+
+
+def _build_and_publish(
+    root: Path,
+    db: Path,
+    found: dict[str, SourceFile],
+    changes: _Changes,
+    mode: str,
+    start_from: Path | None = None,
+) -> IngestReport:
+    """Apply ``changes`` to a local file (empty, or a copy of ``start_from``), then publish it."""
+    import duckdb
+
+    with _workspace() as work:
+        local = work / db.name
+        if start_from is not None:
+            shutil.copyfile(start_from, local)
+        con = duckdb.connect(str(local))
+        try:
+            counts = _apply(con, root, work, changes)
+            report = _report(con, db, mode, found, counts, len(changes.vanished))
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+        _publish(local, db)
+    return report
+
+
+@contextlib.contextmanager
+def _workspace() -> Iterator[Path]:
+    """A private local scratch directory ($HARNESS_TMPDIR or the system temp dir)."""
+    with tempfile.TemporaryDirectory(
+        prefix="harness-ingest-", dir=os.environ.get("HARNESS_TMPDIR")
+    ) as tmp:
+        yield Path(tmp)
+
+
+def _publish(built: Path, db: Path) -> None:
+    """Copy a closed database file over ``db`` atomically (readers keep their old snapshot)."""
+    with contextlib.suppress(FileNotFoundError):
+        wal_path(db).unlink()  # a stale log of the old file must never be replayed on the new
+    with atomic_write(db) as out, open(built, "rb") as src:
+        shutil.copyfileobj(src, out, 1 << 22)
+
+
+# ---------------------------------------------------------------------------------------------
+# change detection
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Known:
+    """A file as the last ingest saw it (in ``ingested`` or, if unreadable, ``ingest_errors``)."""
+
+    mtime_ns: int
+    size: int
+    kind: str
+    owner: str | None  # None for an unreadable file (it contributed no rows)
+
+
+def _known(con: duckdb.DuckDBPyConnection) -> dict[str, _Known]:
+    query = (
+        "SELECT path, mtime_ns, size, kind, NULL AS owner FROM ingest_errors "
+        "UNION ALL SELECT path, mtime_ns, size, kind, owner FROM ingested"
+    )
+    known: dict[str, _Known] = {}
+    for path, mtime, size, kind, owner in con.execute(query).fetchall():
+        if owner is not None or path not in known:  # the ingested row wins (child files)
+            known[path] = _Known(mtime, size, kind, owner)
+    return known
+
+
+@dataclass(frozen=True)
+class _Changes:
+    """What an ingest has to do: files to (re)read, files gone, and the last ingest's view."""
+
+    changed: list[SourceFile]  # new or modified files (all files for a fresh database)
+    vanished: list[str]  # paths known to the last ingest that are gone
+    known: dict[str, _Known]  # the last ingest's files
+
+    @property
+    def empty(self) -> bool:
+        return not self.changed and not self.vanished
+
+
+def _diff(found: dict[str, SourceFile], known: dict[str, _Known]) -> _Changes:
+    changed = [
+        f
+        for path, f in sorted(found.items())
+        if (k := known.get(path)) is None or (k.mtime_ns, k.size) != (f.mtime_ns, f.size)
+    ]
+    return _Changes(changed, sorted(set(known) - set(found)), known)
+
+
+# ---------------------------------------------------------------------------------------------
+# the transaction
+# ---------------------------------------------------------------------------------------------
+def _apply(
+    con: duckdb.DuckDBPyConnection, root: Path, work: Path, changes: _Changes
+) -> Counter[str]:
+    """One transaction: migrate, replace the rows of changed / vanished files, refresh."""
+    staging = _Staging(con, work)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        migrate(con)
+        counts = _load_sources(con, root, staging, changes)
+        _sync_children(con, root, staging)
+        for table in DERIVED_TABLES:
+            con.execute(f"DELETE FROM {table}")
+            con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM derive_{table}")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return counts
+
+
+def _load_sources(
+    con: duckdb.DuckDBPyConnection, root: Path, staging: _Staging, changes: _Changes
+) -> Counter[str]:
+    """Replace the source rows of the changed and vanished files; return files read per kind."""
+    changed, vanished = changes.changed, changes.vanished
+    stale: dict[str, set[str]] = defaultdict(set)  # kind -> owners whose rows are removed
+    for path in vanished:
+        stale[changes.known[path].kind].add(changes.known[path].owner or "")
+    rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    ingested: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    counts: Counter[str] = Counter()
+    bar = progress(total=len(changed), desc="ingest", unit="file")
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        for source, data in zip(changed, pool.map(lambda f: _read(f, root), changed)):
+            bar.update(1)
+            stale[source.kind].add(source.owner)
+            if isinstance(data, OSError):
+                continue  # vanished between scan and read: handled as vanished
+            counts[source.kind] += 1
+            sha = hashlib.sha256(data).hexdigest()[:16]
+            row = {
+                k: getattr(source, k)
+                for k in ("path", "kind", "stage", "owner", "mtime_ns", "size")
+            }
+            try:
+                _parse_into(rows, source, data, root)
+            except ArtifactError as exc:
+                errors.append({**row, "error": exc.message})
+                continue
+            ingested.append({**row, "sha256": sha})
+    bar.close()
+    for kind, owners in stale.items():
+        for table, column in SOURCE_TABLES.get(kind, ()):
+            staging.delete(table, column, owners)
+    for table, table_rows in rows.items():
+        staging.insert(table, table_rows)
+    touched = set(vanished) | {f.path for f in changed}
+    staging.delete("ingested", "path", touched)
+    staging.delete("ingest_errors", "path", touched)
+    staging.insert("ingested", ingested)
+    staging.insert("ingest_errors", [{k: e[k] for k in _ERROR_COLUMNS} for e in errors])
+    for item in errors:
+        event(log, "store.skipped", path=item["path"], error=item["error"])
+    return counts
+
+
+_ERROR_COLUMNS = ("path", "kind", "error", "mtime_ns", "size")
+
+
+def _read(source: SourceFile, root: Path) -> bytes | OSError:
+    try:
+        return source.absolute(root).read_bytes()
+    except OSError as exc:
+        return exc
+
+
+def _parse_into(
+    rows: dict[str, list[dict[str, Any]]], source: SourceFile, data: bytes, root: Path
+) -> None:
+    """Append the source-table rows of one file to ``rows`` (children are loaded later)."""
+    if source.kind == sources.RESULT:
+        rows["results"].append(sources.parse_result(source, data))
+    elif source.kind == sources.STATE:
+        rows["stage_states"].append(sources.parse_state(source, data))
+    elif source.kind == sources.PLAN:
+        plan, stages = sources.parse_plan(source, data)
+        rows["plans"].append(plan)
+        rows["plan_stages"].extend(stages)
+    elif source.kind == sources.JOBS:
+        rows["submissions"].extend(sources.parse_jobs(source, root))
+    elif source.kind == sources.PUBLISHED:
+        rows["published"].extend(read_published(data))
+
+
+# ---------------------------------------------------------------------------------------------
+# child tables
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Child:
+    table: str  # child table
+    kind: str  # source file kind
+    owners_view: str  # view: stage_key, path, signature, owner columns
+    owner_columns: tuple[str, ...]  # copied from the view into every row
+    load: Callable[[Path], list[dict[str, Any]]]  # file -> rows
+
+
+CHILDREN = (
+    _Child("train_log", sources.TRAIN_LOG, "train_log_owners", ("run_id",), sources.load_train_log),
+    _Child(
+        "spatial_per_image",
+        sources.PER_IMAGE,
+        "per_image_owners",
+        ("encoder", "data_key", "params_key"),
+        sources.load_per_image,
+    ),
+)
+
+
+def _sync_children(con: duckdb.DuckDBPyConnection, root: Path, staging: _Staging) -> None:
+    """Make each child table hold exactly the rows of its owners' current files."""
+    for child in CHILDREN:
+        columns = ("stage_key", "path", "signature", *child.owner_columns)
+        owners = {
+            row[0]: dict(zip(columns, row))
+            for row in con.execute(
+                f"SELECT {', '.join(columns)} FROM {child.owners_view}"
+            ).fetchall()
+        }
+        loaded = dict(
+            con.execute(
+                "SELECT stage_key, signature FROM child_loads WHERE child = ?", [child.table]
+            ).fetchall()
+        )
+        outdated = {k for k, sig in loaded.items() if owners.get(k, {}).get("signature") != sig}
+        missing = sorted(k for k, o in owners.items() if loaded.get(k) != o["signature"])
+        staging.delete(child.table, "stage_key", outdated | set(missing))
+        con.execute(
+            "DELETE FROM child_loads WHERE child = ? AND stage_key IN (SELECT unnest(?))",
+            [child.table, sorted(outdated | set(missing))],
+        )
+        rows: list[dict[str, Any]] = []
+        loads: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = []
+        for key in missing:
+            owner = owners[key]
+            try:
+                file_rows = child.load(root / owner["path"])
+            except ArtifactError as exc:
+                errors.append({"path": owner["path"], "kind": child.kind, "error": exc.message})
+                continue
+            extra = {c: owner[c] for c in child.owner_columns}
+            rows.extend({**r, **extra, "stage_key": key} for r in file_rows)
+            loads.append({"child": child.table, "stage_key": key, "signature": owner["signature"]})
+        staging.insert(child.table, rows)
+        staging.insert("child_loads", loads)
+        # errors of this child kind: exactly those of the owners that failed to load now
+        con.execute(
+            "DELETE FROM ingest_errors WHERE kind = ? AND (path NOT IN "
+            f"(SELECT path FROM {child.owners_view}) OR path IN (SELECT unnest(?)))",
+            [child.kind, [owners[k]["path"] for k in missing]],
+        )
+        if errors:
+            sizes = dict(
+                con.execute(
+                    "SELECT path, [mtime_ns, size] FROM ingested WHERE path IN (SELECT unnest(?))",
+                    [[e["path"] for e in errors]],
+                ).fetchall()
+            )
+            staging.insert(
+                "ingest_errors",
+                [
+                    {**e, "mtime_ns": sizes[e["path"]][0], "size": sizes[e["path"]][1]}
+                    for e in errors
+                ],
+            )
+            for item in errors:
+                event(log, "store.skipped", path=item["path"], error=item["error"])
+
+
+# ---------------------------------------------------------------------------------------------
+# bulk writes through a staging file
+# ---------------------------------------------------------------------------------------------
+class _Staging:
+    """Bulk inserts and deletes for one connection.
+
+    Rows go through a newline-delimited JSON file read by DuckDB's ``read_json`` with the
+    table's own column types: fast, and NaN / Infinity survive (a pandas scan would turn a
+    diverged run's NaN loss into NULL).
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, work: Path) -> None:
+        self.con = con
+        self.work = work
+        self.count = 0
+        self.types: dict[str, dict[str, str]] = {}
+
+    def insert(self, table: str, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        types = self._types(table)
+        columns = list(rows[0])
+        self.count += 1
+        path = self.work / f"{self.count:05d}-{table}.jsonl"
+        with open(path, "w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, sort_keys=True) + "\n")
+        spec = ", ".join(f"'{c}': '{types[c]}'" for c in columns)
+        self.con.execute(
+            f"INSERT INTO {table} BY NAME SELECT * FROM read_json(?, "
+            f"format = 'newline_delimited', columns = {{{spec}}}, "
+            "maximum_object_size = 536870912)",
+            [str(path)],
+        )
+        path.unlink()
+
+    def delete(self, table: str, column: str | None, values: set[str] | list[str]) -> None:
+        if column is None:
+            if values:
+                self.con.execute(f"DELETE FROM {table}")
+            return
+        if values:
+            self.con.execute(
+                f"DELETE FROM {table} WHERE {column} IN (SELECT unnest(?))", [sorted(values)]
+            )
+
+    def _types(self, table: str) -> dict[str, str]:
+        if table not in self.types:
+            self.types[table] = dict(
+                self.con.execute(
+                    "SELECT column_name, data_type FROM information_schema.columns "
+                    "WHERE table_name = ?",
+                    [table],
+                ).fetchall()
+            )
+        return self.types[table]
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------------
+def _report(
+    con: duckdb.DuckDBPyConnection,
+    db: Path,
+    mode: str,
+    found: dict[str, SourceFile],
+    changed: Counter[str],
+    vanished: int,
+) -> IngestReport:
+    rows = {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in REPORTED_TABLES}
+    skipped = [
+        {"path": p, "kind": k, "error": e}
+        for p, k, e in con.execute(
+            "SELECT path, kind, error FROM ingest_errors ORDER BY path"
+        ).fetchall()
+    ]
+    return IngestReport(
+        database=str(db),
+        mode=mode,
+        files=len(found),
+        changed=dict(sorted(changed.items())),
+        vanished=vanished,
+        skipped=skipped,
+        rows=rows,
+        schema_version=schema_version(con),
+    )

@@ -1,0 +1,368 @@
+"""`harness report`: statistics on a synthetic database with a known answer, the protocol guard,
+the offline HTML, the figures' data tables, bad input, and the named SQL queries."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import PathCollection
+from matplotlib.figure import Figure
+
+from harness.cli import main
+from harness.errors import HarnessError
+from harness.report import stats
+from harness.report.analysis import analyse
+from harness.report.build import build_report
+from harness.report.data import load_study, open_database
+from harness.report.figures import FIGURES, FigureOutput, ReportContext, figure_style
+from harness.report.labels import place_labels
+from harness.report.options import ReportOptions
+from harness.report.published import reproduction_pairs
+from harness.report.schema import READ_CONTRACT
+from harness.report.synthetic import synthetic_tables, write_database
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = {"n_boot": 200, "dpi": 50}
+
+
+def _write(root: Path, tables: dict[str, pd.DataFrame]) -> Path:
+    write_database(root / "harness.duckdb", tables)
+    return root
+
+
+def _report(root: Path, **options: object):
+    return build_report(root, ReportOptions(**{**FAST, **options}), root / "report")
+
+
+def _context(root: Path, **options: object) -> ReportContext:
+    opts = ReportOptions(**{**FAST, **options})
+    with open_database(root) as con:
+        study = load_study(con, opts)
+    return ReportContext(study, analyse(study.points, opts), opts, reproduction_pairs(study))
+
+
+@pytest.fixture(scope="module")
+def study_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """FID = 30 + offsets - 40·LDS + noise; LP drawn independently of everything."""
+    root = tmp_path_factory.mktemp("study")
+    tables = synthetic_tables(
+        n_encoders=14, models=("SiT-B/2", "SiT-L/2"), seeds=(0, 1), eval_steps=(50_000, 400_000)
+    )
+    _write(root, tables)
+    _report(root)
+    return root
+
+
+def _corr(frame: pd.DataFrame, metric: str, method: str = "pearson") -> pd.DataFrame:
+    return frame[(frame.metric == metric) & (frame.method == method)]
+
+
+# ----------------------------------------------------------------------------- the known answer
+
+
+def test_report_finds_strong_lds_and_weak_lp_correlation(study_root: Path) -> None:
+    corr = pd.read_csv(study_root / "report" / "tables" / "correlations.csv")
+    per_model = corr[corr.model != "all models"]
+    assert set(per_model.scope) == {
+        f"{m} · {k} · step 400,000" for m in ("SiT-B/2", "SiT-L/2") for k in ("REPA", "iREPA")
+    }
+    lds, lp = _corr(per_model, "lds"), _corr(per_model, "lp_top1")
+    assert (lds.r < -0.95).all() and (lds.ci_high < -0.8).all() and (lds.n == 14).all()
+    assert (lp.r.abs() < 0.5).all() and ((lp.ci_low < 0) & (lp.ci_high > 0)).all()
+    assert (_corr(per_model, "lds", "spearman").r < -0.9).all()
+    pooled = corr[corr.model == "all models"]  # B and L together: model offsets blur the trend
+    assert set(pooled.n) == {28} and len(pooled.scope.unique()) == 2
+    assert (_corr(pooled, "lds").r < -0.5).all()
+    partial = pd.read_csv(study_root / "report" / "tables" / "partial_correlations.csv")
+    pearson = partial[(partial.method == "partial-pearson") & (partial.model != "all models")]
+    assert (pearson[(pearson.target == "lds")].r < -0.95).all()  # FID ~ LDS | LP
+    assert (pearson[(pearson.target == "lp_top1") & (pearson.control == "lds")].r.abs() < 0.6).all()
+    md = (study_root / "report" / "report.md").read_text()
+    assert "Pearson r [95% CI]" in md and "Partial correlations" in md
+
+
+def test_every_figure_table_holds_exactly_the_plotted_points(study_root: Path) -> None:
+    ctx = _context(study_root)
+    drawn = 0
+    with figure_style():
+        for name, draw in FIGURES.items():
+            out = draw(ctx)
+            assert isinstance(out, FigureOutput), f"{name} skipped: {out}"
+            csv = pd.read_csv(study_root / "report" / "tables" / f"{name}.csv")
+            assert len(csv) == len(out.table) and list(csv.columns) == list(out.table.columns)
+            for panel, rows in out.table.groupby("panel", sort=False):
+                axes = [ax for ax in out.figure.axes if ax.get_gid() == panel]
+                assert len(axes) == 1, f"{name}: panel {panel!r} has no unique axes"
+                assert _plotted(name, axes[0]) == _expected(name, rows), f"{name}: {panel}"
+                drawn += 1
+    assert drawn > 20
+
+
+def _pairs(values: np.ndarray) -> list[tuple[float, float]]:
+    return sorted((round(float(a), 6), round(float(b), 6)) for a, b in values)
+
+
+def _plotted(name: str, ax: object) -> object:
+    scatters = [c for c in ax.collections if isinstance(c, PathCollection)]  # type: ignore[attr-defined]
+    if name in ("fid_vs_metrics", "reproduction_gap"):
+        return _pairs(np.concatenate([c.get_offsets() for c in scatters]))
+    if name == "repa_vs_irepa":
+        return sorted(round(float(x), 6) for c in scatters for x in c.get_offsets()[:, 0])
+    if name in ("convergence", "training_curves"):
+        return _pairs(np.concatenate([np.column_stack(line.get_data()) for line in ax.get_lines()]))  # type: ignore[attr-defined]
+    if name == "correlation_heatmap":
+        return sorted(t.get_text() for t in ax.texts)  # type: ignore[attr-defined]
+    raise AssertionError(f"no extractor for figure {name}")
+
+
+def _expected(name: str, rows: pd.DataFrame) -> object:
+    if name == "fid_vs_metrics":
+        return _pairs(rows[["x", "fid"]].to_numpy())
+    if name == "reproduction_gap":
+        return _pairs(rows[["published", "ours"]].to_numpy())
+    if name == "repa_vs_irepa":
+        return sorted(round(float(x), 6) for x in [*rows.fid_repa, *rows.fid_irepa])
+    if name in ("convergence", "training_curves"):
+        return _pairs(rows[["step", "value"]].to_numpy())
+    return sorted(f"{r:.2f}" for r in rows.r.dropna())
+
+
+def test_html_report_is_self_contained(study_root: Path) -> None:
+    out = study_root / "report"
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert not re.search(r"https?://", page), "external URL in index.html"
+    refs = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert refs
+    embedded = [r for r in refs if r.startswith("data:image/png;base64,")]
+    files = [r for r in refs if not r.startswith("data:")]
+    figures = {p.stem for p in (out / "figures").glob("*.png")}
+    assert len(embedded) == len(figures) == 6
+    for ref in files:
+        assert not ref.startswith("/") and (out / ref).is_file(), ref
+    md = (out / "report.md").read_text(encoding="utf-8")
+    for ref in re.findall(r"\]\(([^)]+)\)", md):
+        assert (out / ref).is_file(), ref
+
+
+# ----------------------------------------------------------------------------- protocol guard
+
+
+def test_mixed_protocols_are_split_and_never_pooled(tmp_path: Path) -> None:
+    tables = synthetic_tables(n_encoders=10, methods=("repa",), eval_steps=(100_000,))
+    study = tables["v_study"]
+    other = study.encoder.isin([f"enc-0{i}" for i in range(4)]) | study.encoder.isna()
+    study.loc[other, ["protocol_key", "num_samples"]] = ["proto-50k", 50_000]
+    _write(tmp_path, tables)
+    files = _report(tmp_path)
+    split = [w for w in files.warnings if "evaluation protocols" in w]
+    assert len(split) == 1 and "num_samples (10000 vs 50000)" in split[0] and "never pooled" in split[0]
+    points = pd.read_csv(tmp_path / "report" / "tables" / "points.csv")
+    assert points.groupby("facet").protocol.nunique().max() == 1
+    assert sorted(points.groupby("protocol").encoder.nunique()) == [4, 6]
+    corr = pd.read_csv(tmp_path / "report" / "tables" / "correlations.csv")
+    assert sorted(set(_corr(corr, "lds").n)) == [4, 6]  # no scope mixes the two
+    assert any("P2" in s for s in corr.scope) and any("n = 4" in w for w in files.warnings)
+
+
+def test_substitute_extractor_is_labelled_on_every_figure_and_table(tmp_path: Path) -> None:
+    tables = synthetic_tables(n_encoders=6, eval_steps=(10_000, 20_000))
+    tables["v_study"]["extractor"] = "harness-cnn-gen32"
+    tables["v_study"]["extractor_substitute"] = True
+    _write(tmp_path, tables)
+    files = _report(tmp_path)
+    label = "FD (substitute extractor: harness-cnn-gen32)"
+    out = tmp_path / "report"
+    for name in ("fid_vs_metrics", "repa_vs_irepa", "correlations", "partial_correlations"):
+        assert set(pd.read_csv(out / "tables" / f"{name}.csv").fid_label) == {label}, name
+    assert any(label in w for w in files.warnings)
+    md = (out / "report.md").read_text()
+    assert f"{label} ~ LDS \\| LP" in md  # the pipe is escaped inside a Markdown table
+    for figure in ("fid_vs_metrics", "repa_vs_irepa", "convergence", "correlation_heatmap"):
+        svg = (out / "figures" / f"{figure}.svg").read_text()
+        assert "FD (substitute extractor: harness-cnn-gen32)" in svg, figure
+
+
+# ----------------------------------------------------------------------------- missing values
+
+
+def test_missing_values_are_excluded_and_counted(tmp_path: Path) -> None:
+    tables = synthetic_tables(n_encoders=8, methods=("repa",), seeds=(0, 1), eval_steps=(10, 20))
+    study = tables["v_study"]
+    study.loc[study.encoder.isin(["enc-01", "enc-02"]), "lds"] = None
+    late = study.run_id.eq("synthetic-enc-03-repa-sit-b-2-s1") & study.step.eq(20)
+    study = study.drop(index=study.index[late])
+    study.loc[study.run_id.eq("synthetic-enc-04-repa-sit-b-2-s0") & study.step.eq(20), "train_status"] = "failed"
+    tables["v_study"] = study
+    _write(tmp_path, tables)
+    files = _report(tmp_path)
+    out = tmp_path / "report" / "tables"
+    corr = pd.read_csv(out / "correlations.csv")
+    assert set(_corr(corr, "lds").n) == {6} and set(_corr(corr, "lds").n_excluded) == {2}
+    assert set(_corr(corr, "cds").n) == {8}
+    exclusions = pd.read_csv(out / "exclusions.csv")
+    assert (exclusions.reason.str.startswith("LDS missing")).sum() == 2
+    late_rows = exclusions[exclusions.reason.str.startswith("no FID at step 20")]
+    assert list(late_rows.run_id) == ["synthetic-enc-03-repa-sit-b-2-s1"]
+    points = pd.read_csv(out / "points.csv")
+    assert points.set_index("encoder").n_seeds.to_dict()["enc-03"] == 1
+    assert any("3 exclusion(s)" in w for w in files.warnings)
+
+
+def test_small_n_is_warned(tmp_path: Path) -> None:
+    _write(tmp_path, synthetic_tables(n_encoders=4, methods=("repa",), eval_steps=(10,)))
+    files = _report(tmp_path)
+    assert any("only n = 4" in w and "indicative only" in w for w in files.warnings)
+    svg = (tmp_path / "report" / "figures" / "fid_vs_metrics.svg").read_text()
+    assert "(n &lt; 5: indicative only)" in svg
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_empty_database_says_what_to_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _write(tmp_path, {})
+    with pytest.raises(HarnessError, match="no evaluations yet") as info:
+        _report(tmp_path)
+    assert "harness sweep" in str(info.value) and "harness ingest" in str(info.value)
+    code = main(["report", "--results", str(tmp_path), "--no-ingest"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no evaluations yet" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda s: s.assign(fid=None), "no FID yet"),
+        (lambda s: s.assign(lp_top1=None, lds=None, cds=None, srss=None, rmsc=None), "no encoder metrics"),
+        (lambda s: s[s.method == "none"], "only `none`"),
+    ],
+)
+def test_missing_metrics_say_what_to_run(tmp_path: Path, edit: object, message: str) -> None:
+    tables = synthetic_tables(n_encoders=4, eval_steps=(10,))
+    tables["v_study"] = edit(tables["v_study"])  # type: ignore[operator]
+    _write(tmp_path, tables)
+    with pytest.raises(HarnessError, match=re.escape(message)) as info:
+        _report(tmp_path)
+    assert info.value.hint and ("harness" in info.value.hint)
+
+
+def test_step_and_sweep_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _write(tmp_path, synthetic_tables(n_encoders=5, eval_steps=(100, 200)))
+    with pytest.raises(HarnessError, match="no FID at step 150") as info:
+        _report(tmp_path, step=150)
+    assert "100, 200" in str(info.value)
+    ctx = _context(tmp_path, step=100)
+    assert set(ctx.study.points.step) == {100}
+    with pytest.raises(HarnessError, match="did you mean 'synthetic'"):
+        _report(tmp_path, sweep="synthetik")
+    assert main(["report", "--results", str(tmp_path), "--no-ingest", "--n-boot", "-1"]) == 2
+    assert "--n-boot" in capsys.readouterr().err
+    out = tmp_path / "cli-out"
+    assert main(["report", "--results", str(tmp_path), "--no-ingest", "--out", str(out), "--n-boot", "50"]) == 0
+    assert (out / "index.html").is_file() and (out / "tables" / "correlations.csv").is_file()
+
+
+# ----------------------------------------------------------------------------- published
+
+
+def test_against_published_correlates_encoder_metrics_with_paper_fids(tmp_path: Path) -> None:
+    tables = synthetic_tables(n_encoders=12, eval_steps=(10,))
+    tables["v_study"] = tables["v_study"].iloc[:0]  # no training at all
+    tables["encoders"].loc[11, "published_name"] = None  # one encoder the papers do not have
+    _write(tmp_path, tables)
+    files = _report(tmp_path, against_published=True)
+    corr = pd.read_csv(tmp_path / "report" / "tables" / "correlations.csv")
+    assert set(corr.scope) == {"Synthetic et al. · SiT-B/2 · REPA · 400K steps · cfg 1"}
+    assert (_corr(corr, "lds").r < -0.95).all() and (_corr(corr, "lds").n == 11).all()
+    assert set(corr.fid_label) == {"published gFID"}
+    skipped = {s.name for s in files.skipped}
+    assert {"convergence", "training_curves", "repa_vs_irepa"} <= skipped
+    tables["encoders"]["published_name"] = None
+    _write(tmp_path, tables)
+    with pytest.raises(HarnessError, match="published_name"):
+        _report(tmp_path, against_published=True)
+
+
+def test_reproduction_pairs_match_on_every_setting(tmp_path: Path) -> None:
+    tables = synthetic_tables(n_encoders=5, methods=("repa", "irepa"), eval_steps=(100_000, 400_000))
+    _write(tmp_path, tables)
+    pairs = _context(tmp_path).reproduction
+    # the synthetic paper has REPA at 400K with cfg 1.0 for every encoder, plus the baseline
+    assert len(pairs) == 6 and set(pairs.method) == {"repa", "none"} and set(pairs.step) == {400_000}
+    tables["v_study"]["cfg_scale"] = 2.0
+    _write(tmp_path, tables)
+    assert _context(tmp_path).reproduction.empty
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def test_labels_do_not_overlap() -> None:
+    rng = np.random.default_rng(0)
+    xs = np.concatenate([rng.normal(0.3, 0.03, 8), rng.uniform(0, 1, 19)])  # a tight cluster
+    ys = np.concatenate([rng.normal(20, 1.0, 8), rng.uniform(10, 40, 19)])
+    labels = [f"encoder-{i:02d}" for i in range(xs.size)]
+    fig = Figure(figsize=(5, 4), dpi=100)
+    ax = fig.subplots()
+    ax.scatter(xs, ys)
+    assert place_labels(ax, xs, ys, labels) == 0
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert len(boxes) == xs.size
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert not a.overlaps(b), (a, b)
+
+
+def test_named_queries_run_and_agree_with_the_report(study_root: Path) -> None:
+    con = duckdb.connect(str(study_root / "harness.duckdb"), read_only=True)
+    queries = sorted((REPO / "analysis").glob("*.sql"))
+    names = {q.stem for q in queries}
+    assert {"best_encoder_per_size", "correlations_per_size", "repa_vs_irepa", "failed_stages"} <= names
+    results = {q.stem: con.sql(q.read_text()).df() for q in queries}
+    points = pd.read_csv(study_root / "report" / "tables" / "points.csv")
+    sql = results["correlations_per_size"]
+    for (model, method), g in points.groupby(["model", "method"]):
+        row = sql[(sql.model == model) & (sql.method == method) & (sql.step == 400_000) & (sql.metric == "lds")]
+        assert row.pearson_r.item() == pytest.approx(stats.pearson(g.lds, g.fid)[0], abs=1e-4)
+        assert row.spearman_rho.item() == pytest.approx(stats.spearman(g.lds, g.fid)[0], abs=1e-4)
+        best = results["best_encoder_per_size"]
+        chosen = best[(best.model == model) & (best.method == method)]
+        assert chosen.best_encoder.item() == g.sort_values("fid").encoder.iloc[0]
+    dumbbell = pd.read_csv(study_root / "report" / "tables" / "repa_vs_irepa.csv")
+    pairs = results["repa_vs_irepa"].query("step == 400000")
+    assert len(pairs) == len(dumbbell)
+    merged = pairs.merge(dumbbell, on=["model", "encoder"])
+    np.testing.assert_allclose(merged.rel_change_pct_x, merged.rel_change_pct_y, atol=0.01)
+    con.close()
+
+
+def test_read_contract_is_a_subset_of_the_store_schema() -> None:
+    from harness.store.db import migrate
+
+    con = duckdb.connect(":memory:")
+    migrate(con)
+    for name, spec in READ_CONTRACT.items():
+        present = {r[0] for r in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [name]
+        ).fetchall()}
+        missing = {c for c, _ in spec} - present
+        assert not missing, f"{name} lacks {missing}"
+
+
+def test_cli_module_imports_without_heavy_libraries() -> None:
+    code = (
+        "import sys, harness.cli.report; "
+        "heavy = {'torch', 'matplotlib', 'seaborn', 'scipy', 'pandas', 'duckdb'} & set(sys.modules); "
+        "print(sorted(heavy)); sys.exit(1 if heavy else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr

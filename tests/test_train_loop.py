@@ -1,0 +1,170 @@
+"""The training loop: learning, divergence guard, startup checks, logging, retention, stopping,
+and the ``harness train`` command."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.artifacts import read_result
+from harness.cli import main as cli_main
+from harness.config.data import DataConfig
+from harness.config.run import RunConfig
+from harness.data import build_dataset
+from harness.errors import StageError
+from harness.io import read_jsonl
+from harness.train.checkpoint import list_checkpoints, load_checkpoint
+from harness.train.loop import train
+from harness.train.toys import PatchEncoder
+
+pytestmark = pytest.mark.usefixtures("results_root")
+
+
+def tiny_run(method: str = "repa", **train_overrides) -> RunConfig:
+    train_cfg = {
+        "steps": 30, "global_batch": 16, "precision": "fp32", "num_workers": 0, "lr": 1e-3,
+        "ckpt_every": 10, "sync_every": 5, **train_overrides,
+    }
+    return RunConfig(
+        method=method,
+        encoder=None if method == "none" else "toy",
+        data=DataConfig(resolution=16, num_classes=4, train_images=64),
+        model={"name": "SiT-T/2", "space": "pixel"},
+        align={"projector_dim": 64},
+        train=train_cfg,
+    )
+
+
+def toy_encoder(grid=(8, 8)) -> list[PatchEncoder]:
+    return [PatchEncoder(grid, dim=16)]
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    return sum(r[key] for r in rows) / len(rows)
+
+
+def test_tiny_repa_run_lowers_both_losses_and_raises_alignment(tmp_path: Path) -> None:
+    outcome = train(tiny_run(), tmp_path, device="cpu", target_encoders=toy_encoder())
+    assert outcome["status"] == "done" and outcome["error"] is None
+    rows = read_jsonl(tmp_path / "train_log.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 31))
+    assert set(rows[0]) == {"step", "loss", "flow_loss", "proj_loss", "align_cos", "grad_norm",
+                            "lr", "images_per_s", "time"}
+    first, last = rows[:5], rows[-5:]
+    assert _mean(last, "flow_loss") < 0.8 * _mean(first, "flow_loss")
+    assert _mean(last, "proj_loss") < _mean(first, "proj_loss") - 0.1
+    assert _mean(last, "align_cos") > _mean(first, "align_cos") + 0.1
+    for r in rows:  # loss = flow + 0.5 * proj, proj = -cos
+        assert math.isclose(r["loss"], r["flow_loss"] + 0.5 * r["proj_loss"], rel_tol=1e-5, abs_tol=1e-6)
+        assert math.isclose(r["proj_loss"], -r["align_cos"], rel_tol=1e-5, abs_tol=1e-6)
+    payload = outcome["payload"]
+    assert payload["steps_done"] == 30 and payload["final"]["align_cos"] == rows[-1]["align_cos"]
+    assert payload["checkpoints"] == {"20": "checkpoints/step_0000020.pt", "30": "checkpoints/step_0000030.pt"}
+    assert payload["images_per_s"] > 0 and payload["diverged"] is None
+    assert json.loads((tmp_path / "run.json").read_text())["run_id"] == payload["run_id"]
+
+
+class NaNAfter(PatchEncoder):
+    """A target encoder that starts returning NaN tokens at call ``bad_call`` (one call/step)."""
+
+    def __init__(self, bad_call: int) -> None:
+        super().__init__((8, 8), dim=16)
+        self.bad_call, self.calls = bad_call, 0
+
+    def forward(self, images: torch.Tensor):
+        self.calls += 1
+        out = super().forward(images)
+        if self.calls >= self.bad_call:
+            return out.__class__(out.tokens * float("nan"), out.pooled, out.grid)
+        return out
+
+
+def test_injected_nan_ends_as_diverged_with_last_good_checkpoint_intact(tmp_path: Path) -> None:
+    run = tiny_run(steps=20, ckpt_every=5, sync_every=4)
+    outcome = train(run, tmp_path, device="cpu", target_encoders=[NaNAfter(bad_call=8)])
+    assert outcome["status"] == "diverged"
+    report = outcome["payload"]["diverged"]
+    assert report["step"] == 8 and report["last_finite"]["step"] == 7
+    assert math.isfinite(report["last_finite"]["loss"]) and report["non_finite"]["loss"] == "nan"
+    assert report["resume_step"] == 5 and report["resume_from"].endswith("step_0000005.pt")
+    assert "step 8" in outcome["error"] and outcome["payload"]["steps_done"] == 7
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [5]
+    state = load_checkpoint(report["resume_from"])
+    assert state["step"] == 5
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    rows = read_jsonl(tmp_path / "train_log.jsonl")
+    assert rows[-1]["step"] == 8 and rows[-1]["loss"] is None  # NaN logged as null
+
+
+def test_bad_encoder_grid_fails_before_any_compute(tmp_path: Path) -> None:
+    with pytest.raises(StageError, match="cannot be resized"):
+        train(tiny_run(), tmp_path, device="cpu", target_encoders=toy_encoder(grid=(4, 8)))
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "train_log.jsonl").exists()
+
+
+def test_bad_batch_split_and_classes_fail_at_startup(tmp_path: Path) -> None:
+    with pytest.raises(StageError, match="micro_batch 5 does not divide"):
+        train(tiny_run(micro_batch=5), tmp_path, device="cpu", target_encoders=toy_encoder())
+    many = build_dataset(DataConfig(resolution=16, num_classes=8, train_images=64), "train")
+    with pytest.raises(StageError, match="8 classes but model.num_classes is 4"):
+        train(tiny_run(), tmp_path, device="cpu", target_encoders=toy_encoder(), dataset=many)
+    with pytest.raises(StageError, match="catalogue"):
+        train(tiny_run(), tmp_path, device="cpu")
+
+
+def test_micro_batches_match_the_full_batch(tmp_path: Path) -> None:
+    full = train(tiny_run(steps=3), tmp_path / "full", device="cpu", target_encoders=toy_encoder())
+    micro = train(tiny_run(steps=3, micro_batch=4), tmp_path / "micro", device="cpu",
+                  target_encoders=toy_encoder())
+    a, b = (load_checkpoint(tmp_path / d / "checkpoints/step_0000003.pt") for d in ("full", "micro"))
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], atol=2e-6, rtol=1e-5)
+    assert math.isclose(full["payload"]["final"]["loss"], micro["payload"]["final"]["loss"], rel_tol=1e-5)
+
+
+def test_retention_method_none_and_stop_request(tmp_path: Path) -> None:
+    calls = []
+
+    def stop_at_third() -> bool:
+        calls.append(1)
+        return len(calls) == 3
+
+    run = tiny_run("none", steps=6, ckpt_every=1, keep_last=1, keep_steps=[2])
+    outcome = train(run, tmp_path, device="cpu", should_stop=stop_at_third)
+    assert outcome["status"] == "interrupted" and outcome["payload"]["steps_done"] == 3
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [2, 3]
+    outcome = train(run, tmp_path, device="cpu")
+    assert outcome["status"] == "done" and outcome["payload"]["steps_done"] == 6
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [2, 6]
+    rows = read_jsonl(tmp_path / "train_log.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert all(r["align_cos"] is None and r["proj_loss"] == 0.0 for r in rows)
+    assert train(run, tmp_path, device="cpu")["status"] == "done"  # nothing left to do
+
+
+def test_cli_train_writes_result(tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "method: none\n"
+        "data: {resolution: 16, num_classes: 4, train_images: 32}\n"
+        "model: {name: SiT-T/2, space: pixel}\n"
+        "train: {steps: 2, global_batch: 8, precision: fp32, num_workers: 0}\n"
+    )
+    out = tmp_path / "out"
+    assert cli_main(["train", str(config), "--out", str(out), "--device", "cpu"]) == 0
+    record = read_result(out)
+    assert record["status"] == "done" and record["stage"] == "train"
+    assert record["payload"]["steps_done"] == 2 and record["config"]["method"] == "none"
+    ckpt = out / "checkpoints" / "step_0000002.pt"
+    grid = tmp_path / "grid.png"
+    assert cli_main(["sample", str(ckpt), "--n", "4", "--out", str(grid), "--device", "cpu",
+                     "--sampler.num_steps", "3", "--sampler.mode", "ode"]) == 0
+    settings = json.loads((tmp_path / "grid.png.json").read_text())
+    assert settings["sampler"]["mode"] == "ode" and settings["sampler"]["num_steps"] == 3
+    assert grid.stat().st_size > 0
+    assert cli_main(["sample", str(ckpt), "--n", "2", "--out", str(tmp_path / "s.npz"),
+                     "--sampler.mode", "sdee"]) == 2
