@@ -246,11 +246,6 @@ def test_configs_are_frozen_and_strict() -> None:
     assert SamplerConfig().to_dict()["num_steps"] == 250
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="loader gap: a model-level validator error is reported at '<top>' on line 1, "
-    "not at the key it is about",
-)
 def test_model_validator_error_points_at_its_key(tmp_path: Path) -> None:
     path = _write(tmp_path, "mode: sde\nguidance_low: 0.8\nguidance_high: 0.2\n")
     with pytest.raises(ConfigError, match=rf"{path}:2: guidance_low"):

@@ -431,3 +431,44 @@ def test_checkpoint_of_another_model_config_or_corrupt(
     with pytest.raises(ArtifactError):
         evaluate_checkpoint(broken, eval_config(), out, reference_dir=reference, step=2)
     assert not (out / "result.json").exists() and not list(out.glob("samples/*.npz"))
+
+
+# ---------------------------------------------------------------------------------------------
+# commands: harness fid-ref / harness eval
+# ---------------------------------------------------------------------------------------------
+STUDY_YAML = """
+data: {resolution: 32, num_classes: 4, train_images: 240, val_images: 40, seed: 0}
+eval:
+  num_samples: 120
+  shard_size: 60
+  batch_size: 16
+  extractor: harness-cnn
+  sampler: {num_steps: 2, batch_size: 60}
+  substitute: {widths: [8, 16, 32], feature_dim: 16, epochs: 2, batch_size: 64}
+  metrics: {kid_subsets: 10, kid_subset_size: 50}
+"""
+
+
+def test_cli_fid_ref_and_eval_write_results(results_root: Path, tmp_path: Path, tiny_checkpoint, capsys) -> None:
+    from harness.artifacts import read_result
+    from harness.cli import main
+
+    study = tmp_path / "study.yaml"
+    study.write_text(STUDY_YAML)
+    assert main(["fid-ref", str(study)]) == 0
+    (ref_dir,) = (results_root / "stages" / "fid_ref").iterdir()
+    ref = read_result(ref_dir)
+    assert ref["status"] == "done" and ref["payload"]["extractor"].startswith("harness-cnn-")
+    run_dir = tiny_checkpoint[0].parent.parent
+    assert main(["eval", str(run_dir), "--config", str(study)]) == 0
+    (eval_dir,) = (results_root / "stages" / "eval").iterdir()
+    result = read_result(eval_dir)
+    assert result["status"] == "done" and result["payload"]["step"] == 2
+    assert result["payload"]["protocol"]["reference_key"] == ref["payload"]["reference_key"]
+    assert "substitute extractor" in capsys.readouterr().out
+    # bad input: exit code 2, nothing new recorded
+    assert main(["eval", str(run_dir), "--config", str(study), "--set", "eval.bogus=1"]) == 2
+    assert main(["eval", str(run_dir), "--config", str(study), "--reference", str(tmp_path / "none")]) == 2
+    assert main(["eval", str(tmp_path / "no-run")]) == 2
+    assert len(list((results_root / "stages" / "eval").iterdir())) == 1
+    assert "unknown key" in capsys.readouterr().err

@@ -172,3 +172,21 @@ def test_leave_one_out_matches_brute_force_and_flags_outliers() -> None:
     x[5] = np.nan  # excluded points get no entry
     assert "enc-5" not in {inf.label for inf in stats.leave_one_out(x, y, labels)}
     assert stats.leave_one_out([1, 2, 3], [3, 1, 2], ["a", "b", "c"]) == []
+
+
+def test_regression_band_is_the_ols_line_with_a_band_narrowest_at_the_mean() -> None:
+    x, y = _sample(9, n=25, ties=False)
+    grid = np.linspace(x.min(), x.max(), 41)
+    fit, low, high = stats.regression_band(x, y, grid, level=0.95)
+    slope, intercept = np.polyfit(x, y, 1)
+    np.testing.assert_allclose(fit, intercept + slope * grid, atol=1e-12)
+    width = high - low
+    assert (low < fit).all() and (fit < high).all()
+    assert grid[np.argmin(width)] == pytest.approx(x.mean(), abs=grid[1] - grid[0])
+    # at the mean of x the half-width is t * s / sqrt(n)
+    res = y - (intercept + slope * x)
+    s = np.sqrt(res @ res / (x.size - 2))
+    at_mean = stats.regression_band(x, y, np.array([x.mean()]))
+    expected = sps.t.ppf(0.975, x.size - 2) * s / np.sqrt(x.size)
+    assert (at_mean[2] - at_mean[0])[0] == pytest.approx(expected, rel=1e-9)
+    assert np.isnan(stats.regression_band([1.0, 1.0, 1.0], [1.0, 2.0, 3.0], grid)[0]).all()

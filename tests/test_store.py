@@ -221,6 +221,8 @@ def test_resumed_training_log_has_no_duplicate_steps(results_root: Path) -> None
 
     for step in range(50, 101, 10):  # resumed from the step-40 checkpoint: 50, 60 logged again
         append_jsonl(log, {"step": step, "loss": 2.0, "time": 1000.0 + step})
+        if step == 70:  # lines that are not a step row are ignored
+            write_text(log, log.read_text(encoding="utf-8") + 'oops\n{"step": 75.5}\n{"loss": 3}\n')
     with open(log, "a", encoding="utf-8") as handle:
         handle.write('{"step": 110, "lo')  # torn final line: ignored
     write_result(out, stage="train", key=key, config={"data": DATA, "train": {"steps": 100}},
@@ -266,23 +268,34 @@ def test_corrupt_artifacts_are_skipped_and_reported(results_root: Path) -> None:
     wrong.write_text(json.dumps({"schema": 99}), encoding="utf-8")
     per_image = next((results_root / "stages" / "spatial").iterdir()) / "per_image.csv"
     per_image.write_text("index,lds\n0,0.1\n", encoding="utf-8")
+    train_log = next((results_root / "stages" / "train").iterdir()) / "train_log.jsonl"
+    train_log.write_bytes(b'{"step": 10, "loss": \xff\xfe}\n')  # not UTF-8
 
     report = ingest(results_root)
     skipped = {Path(s["path"]).parent.name: s["error"] for s in report.skipped}
-    assert set(skipped) == {eval_dirs[0].name, eval_dirs[1].name, per_image.parent.name}
+    assert set(skipped) == {
+        eval_dirs[0].name,
+        eval_dirs[1].name,
+        per_image.parent.name,
+        train_log.parent.name,
+    }
     assert "not valid JSON" in skipped[eval_dirs[0].name]
     assert "schema" in skipped[eval_dirs[1].name]
     assert "lacks columns" in skipped[per_image.parent.name]
+    assert "unreadable" in skipped[train_log.parent.name]
     assert report.rows["evaluations"] == len(manifest.fid) - 2  # everything else is in
     assert report.rows["spatial_per_image"] == manifest.per_image_rows - SMALL.per_image
+    assert report.rows["train_log"] == manifest.train_log_rows - 10
     assert ingest(results_root).skipped == report.skipped  # still listed while unfixed
 
     truncated.write_bytes(good_bytes)
     fixed = ingest(results_root)
     assert fixed.rows["evaluations"] == len(manifest.fid) - 1
-    assert [Path(s["path"]).parent.name for s in fixed.skipped] == sorted(
-        [eval_dirs[1].name, per_image.parent.name]
-    )
+    assert {Path(s["path"]).parent.name for s in fixed.skipped} == {
+        eval_dirs[1].name,
+        per_image.parent.name,
+        train_log.parent.name,
+    }
 
 
 def test_newest_artifact_wins_and_deleting_it_restores_the_older(results_root: Path) -> None:

@@ -80,10 +80,11 @@ def sweep_view(root: Path, name: str, poller: Any) -> dict[str, Any]:
     plan = load_saved_plan(root, name)
     submissions = load_submissions(root)
     stages = plan["stages"]
-    current = {
-        s["key"]: stage_status(root, s["stage"], s["key"], submissions.get(s["key"]), poller)
-        for s in stages
-    }
+    with poller.consistent():
+        current = {
+            s["key"]: stage_status(root, s["stage"], s["key"], submissions.get(s["key"]), poller)
+            for s in stages
+        }
     rows: dict[str, dict[str, Any]] = {}
     failures = []
     for stage in stages:
@@ -184,20 +185,26 @@ def render_view(view: dict[str, Any]) -> Any:
     return Group(*parts)
 
 
-def print_views(views: list[dict[str, Any]]) -> None:
+def _console() -> Any:
+    import shutil
+
     from rich.console import Console
 
-    console = Console()
+    return Console(width=max(110, shutil.get_terminal_size().columns))
+
+
+def print_views(views: list[dict[str, Any]]) -> None:
+    console = _console()
     for view in views:
         console.print(render_view(view))
 
 
 def watch(root: Path, names: list[str], poller: Any) -> int:
     """Refresh the status until no stage of these sweeps is queued or running."""
-    from rich.console import Console, Group
+    from rich.console import Group
     from rich.live import Live
 
-    console = Console()
+    console = _console()
     views = [sweep_view(root, name, poller) for name in names]
     try:
         with Live(Group(*map(render_view, views)), console=console, refresh_per_second=1) as live:

@@ -30,5 +30,5 @@ class DataConfig(Config):
     @model_validator(mode="after")
     def _folder_needs_root(self) -> DataConfig:
         if self.source == "folder" and not self.root:
-            raise ValueError("source 'folder' needs 'root' (a directory with train/ and val/)")
+            raise ValueError("@root: source 'folder' needs 'root' (a directory with train/ and val/)")
         return self

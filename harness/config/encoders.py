@@ -40,13 +40,13 @@ SOURCES = ("timm", "open_clip", "transformers", "torch_hub", "checkpoint", "buil
 # control encoders implemented in harness.encoders.builtin (no download, no weights)
 BUILTIN_ENCODERS = ("pixels", "pixels-blur", "noise", "hog", "random-cnn")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "area")
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._+-]*$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
 class EncoderSpec(Config):
     """One catalogue entry. Fields not used by a source must stay at their defaults."""
 
-    name: str  # unique catalogue name (lower case: letters, digits, . _ + -)
+    name: str  # unique catalogue name (letters, digits, . _ + -); the study's code ids
     family: str  # model family, e.g. "DINOv2", "PE-Core", "control"
     source: Literal["timm", "open_clip", "transformers", "torch_hub", "checkpoint", "builtin"]
     model_id: str  # timm / open_clip model name, HF repo id, torch.hub entry or builtin name
@@ -78,7 +78,7 @@ class EncoderSpec(Config):
     def _name_ok(cls, value: str) -> str:
         if not _NAME.match(value):
             raise ValueError(
-                f"invalid encoder name {value!r}: use lower-case letters, digits and . _ + - "
+                f"invalid encoder name {value!r}: use letters, digits and . _ + - "
                 "(starting with a letter or digit)"
             )
         return value

@@ -190,6 +190,8 @@ def render_errors(model: type[BaseModel], doc: YamlDoc, exc: ValidationError) ->
     for err in exc.errors(include_url=False):
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
         loc = tuple(p for p in loc if p not in ("function-after", "function-before"))
+        if err["type"] == "value_error" and (named := _NAMED_KEY.match(_value_error_text(err))):
+            loc = (*loc, *named.group(1).split("."))
         lines.append(f"{_where(doc, loc)}: {_dotted(loc) or '<top>'}: {_message(model, err, loc)}")
     return "\n".join(dict.fromkeys(lines))
 
@@ -215,8 +217,17 @@ def _message(model: type[BaseModel], err: dict[str, Any], loc: KeyPath) -> str:
         allowed = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
         return f"{value!r} is not allowed{did_you_mean(value, allowed)}; allowed: {format_allowed(allowed)}"
     if kind == "value_error":
-        return str(ctx.get("error", err["msg"])).removeprefix("Value error, ")
+        return _NAMED_KEY.sub("", _value_error_text(err))
     return f"{err['msg'].removeprefix('Input should be ').join(['expected ', ''])}, got {value!r}"
+
+
+# A model validator names the offending key by starting its message with "@key.path: ".
+_NAMED_KEY = re.compile(r"^@([\w.]+): ")
+
+
+def _value_error_text(err: dict[str, Any]) -> str:
+    ctx = err.get("ctx") or {}
+    return str(ctx.get("error", err["msg"])).removeprefix("Value error, ")
 
 
 def _fields_at(model: type[BaseModel], loc: KeyPath) -> list[str]:

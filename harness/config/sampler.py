@@ -25,6 +25,6 @@ class SamplerConfig(Config):
     def _interval_ordered(self) -> SamplerConfig:
         if self.guidance_low > self.guidance_high:
             raise ValueError(
-                f"guidance_low ({self.guidance_low}) must be <= guidance_high ({self.guidance_high})"
+                f"@guidance_low: guidance_low ({self.guidance_low}) must be <= guidance_high ({self.guidance_high})"
             )
         return self

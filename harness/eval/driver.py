@@ -137,6 +137,11 @@ def evaluate_checkpoint(
         cfg.num_samples, source.num_classes, cfg.seed, cfg.class_balanced, cfg.shard_size
     )
     rank, world = _rank_world()
+    extractors = []  # built before sampling: unloadable weights fail fast
+    if rank == 0:
+        extractors.append(build_extractor(primary, _layers(primary, cfg), device))
+        if dino is not None:
+            extractors.append(build_extractor(dino, [dino.fid_layer], device))
     samples_dir = out_dir / "samples"
     identity = {**source.identity, "sampler": cfg.sampler.to_dict(), "vae": source.vae}
     generate_samples(
@@ -155,9 +160,6 @@ def evaluate_checkpoint(
         if rank != 0:
             return {}
     _check_resolution(reference, sample_resolution(samples_dir, plan)[0], "the generated samples")
-    extractors = [build_extractor(primary, _layers(primary, cfg), device)]
-    if dino is not None:
-        extractors.append(build_extractor(dino, [dino.fid_layer], device))
     batches = rebatch(read_shards(samples_dir, plan), cfg.batch_size)
     generated = collect_generated(
         iter_features(

@@ -194,7 +194,9 @@ def generation_metrics(
             metrics["isc_mean"], metrics["isc_std"] = inception_score(
                 generated.logits, splits=m.isc_splits
             )
-    real = None if reference.features is None else torch.as_tensor(reference.features)
+    real = None
+    if reference.features is not None and generated.features is not None:
+        real = torch.as_tensor(reference.features).to(generated.features.device)
     for name, wanted in (("kid", m.kid), ("prc", m.prc)):
         if wanted and (real is None or not available.get(name, False)):
             skipped[name] = f"reference {reference.key} keeps no features (ADM npz without arr_0?)"

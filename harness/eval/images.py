@@ -18,15 +18,29 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # torch-fidelity's samples_find_ext 
 LOSSY_SUFFIXES = (".jpg", ".jpeg")
 
 
-def dataset_chunks(dataset: Any, indices: Sequence[int], chunk: int = 256) -> Iterator[np.ndarray]:
+def dataset_chunks(
+    dataset: Any, indices: Sequence[int], chunk: int = 256, *, workers: int = 0
+) -> Iterator[np.ndarray]:
     """Images of a harness :class:`~harness.data.base.ImageDataset` at ``indices``, in order.
+
+    Args:
+        dataset: the dataset (bulk ``get_batch`` / ``__getitems__`` access).
+        indices: which items, in the order wanted.
+        chunk: images per yielded array.
+        workers: DataLoader worker processes (decoding folders of JPEGs); 0 = in-process.
 
     Yields:
         uint8 (n, 3, H, W) arrays of at most ``chunk`` images.
     """
     indices = np.asarray(indices, dtype=np.int64)
-    for start in range(0, len(indices), chunk):
-        batch = dataset.get_batch(indices[start : start + chunk])
+    if workers == 0:
+        for start in range(0, len(indices), chunk):
+            yield dataset.get_batch(indices[start : start + chunk])["image"].numpy()
+        return
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(dataset, batch_size=chunk, sampler=indices.tolist(), num_workers=workers)
+    for batch in loader:
         yield batch["image"].numpy()
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -226,8 +227,84 @@ def _subset(labels: np.ndarray, per_class: int | None, rng: np.random.Generator)
 
 
 # ---------------------------------------------------------------------------------------------
-# Encoders: cached pooled features + the probe (the sweep's ``probe`` stage)
+# Cached pooled features + the probe (shared by encoders and SiT hidden states)
 # ---------------------------------------------------------------------------------------------
+# (uint8 images (B, 3, H, W), dataset indices (B,)) -> pooled features (B, D)
+PoolFn = Callable[[Any, np.ndarray], Any]
+
+
+def cached_probe(
+    identity: dict[str, Any],
+    make_pool_fn: Callable[[], tuple[PoolFn, str]],
+    data: DataConfig,
+    cfg: ProbeConfig,
+    *,
+    device: str,
+    root: str | Path | None,
+) -> dict[str, Any]:
+    """Pooled train/val features (cached under ``features_key``) -> :func:`probe_features`.
+
+    Args:
+        identity: what produces the features (encoder spec, or checkpoint + block + t); part
+            of the cache key together with the datasets, image counts, pooling and dtype.
+        make_pool_fn: builds the feature function (only on a cache miss) and returns it with
+            the weights identity to record.
+        data: dataset (train: probe training; val: reported accuracy).
+        cfg: probe protocol.
+        device: extraction and training device.
+        root: results root of the cache.
+
+    Returns:
+        The probe result plus ``features_key``, ``feature_dim``, ``weights_id``, ``dataset``.
+    """
+    from harness.data import build_dataset
+
+    splits = {s: build_dataset(data, s) for s in ("train", "val")}
+    counts = {
+        "train": _count(len(splits["train"]), cfg.train_images),
+        "val": _count(len(splits["val"]), cfg.val_images),
+    }
+    features_key = content_hash(
+        {
+            "version": FEATURES_VERSION,
+            **identity,
+            "pooling": cfg.pooling,
+            "dtype": cfg.feature_dtype,
+            "datasets": {s: [ds.fingerprint(), counts[s]] for s, ds in splits.items()},
+        }
+    )
+    cached = cache_dir(results_root(root), "features") / f"{features_key}.npz"
+    arrays = _load_cache(cached)
+    if arrays is None:
+        pool, weights_id = make_pool_fn()
+        arrays = {"weights_id": np.array(weights_id)}
+        for split, dataset in splits.items():
+            arrays[f"{split}_x"] = _pooled(
+                dataset, counts[split], pool, cfg, desc=f"{split} features"
+            )
+            arrays[f"{split}_y"] = np.asarray(dataset.labels()[: counts[split]], dtype=np.int64)
+        with atomic_write(cached) as handle:
+            np.savez(handle, **arrays)
+    result = probe_features(
+        arrays["train_x"],
+        arrays["train_y"],
+        arrays["val_x"],
+        arrays["val_y"],
+        cfg,
+        num_classes=splits["train"].num_classes,
+        device=device,
+    )
+    return {
+        **result,
+        "pooling": cfg.pooling,
+        "features_key": features_key,
+        "feature_dim": int(arrays["train_x"].shape[1]),
+        "weights_id": str(arrays["weights_id"]),
+        "dataset": {s: ds.fingerprint() for s, ds in splits.items()},
+        "protocol": {k: v for k, v in cfg.to_dict().items() if k != "extract_batch_size"},
+    }
+
+
 def run_probe(
     spec: Any,
     data: DataConfig,
@@ -252,64 +329,35 @@ def run_probe(
         root: results root for the feature cache (default ``$HARNESS_RESULTS``).
 
     Returns:
-        The ``probe`` payload (docs/architecture.md).
+        The ``probe`` payload (docs/architecture.md): encoder, pooling, top1, top5, best_lr,
+        grid ([{lr, holdout_top1}]), n_train, n_val, subset_per_class, features_key, ...
     """
-    from harness.data import build_dataset
-
     started = time.time()
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    grid = (int(grid[0]), int(grid[1]))
-    splits = {s: build_dataset(data, s) for s in ("train", "val")}
-    counts = {
-        "train": _count(len(splits["train"]), cfg.train_images),
-        "val": _count(len(splits["val"]), cfg.val_images),
-    }
-    features_key = content_hash(
-        {
-            "version": FEATURES_VERSION,
-            "encoder": spec.to_dict(),
-            "random_weights": random_weights,
-            "grid": list(grid),
-            "pooling": cfg.pooling,
-            "dtype": cfg.feature_dtype,
-            "datasets": {s: [ds.fingerprint(), counts[s]] for s, ds in splits.items()},
-        }
-    )
-    cached = cache_dir(results_root(root), "features") / f"{features_key}.npz"
-    arrays = _load_cache(cached)
-    if arrays is None:
-        arrays = _extract_pooled(
-            spec, splits, counts, cfg, grid=grid, device=device, random_weights=random_weights
+    token_grid = (int(grid[0]), int(grid[1]))
+
+    def make_pool_fn() -> tuple[PoolFn, str]:
+        import torch
+
+        from harness.encoders import create_encoder
+
+        encoder = create_encoder(
+            spec, grid=token_grid, device=device, random_weights=random_weights
         )
-        with atomic_write(cached) as handle:
-            np.savez(handle, **arrays)
-    result = probe_features(
-        arrays["train_x"],
-        arrays["train_y"],
-        arrays["val_x"],
-        arrays["val_y"],
-        cfg,
-        num_classes=splits["train"].num_classes,
-        device=device,
-    )
-    payload = {
-        "encoder": spec.name,
-        "pooling": cfg.pooling,
-        **{
-            k: result[k]
-            for k in ("top1", "top5", "best_lr", "grid", "n_train", "n_val", "subset_per_class")
-        },
-        "n_holdout": result["n_holdout"],
-        "num_classes": result["num_classes"],
-        "chance": result["chance"],
-        "features_key": features_key,
-        "feature_dim": int(arrays["train_x"].shape[1]),
-        "token_grid": list(grid),
+
+        def pool(images: Any, indices: np.ndarray) -> Any:
+            with torch.inference_mode():
+                out = encoder(images.to(device))
+            return out.tokens.mean(dim=1) if cfg.pooling == "mean" else out.pooled  # (B, D)
+
+        return pool, str(getattr(encoder, "weights_id", ""))
+
+    identity = {
+        "encoder": spec.to_dict(),
         "random_weights": random_weights,
-        "weights_id": str(arrays["weights_id"]),
-        "dataset": {s: ds.fingerprint() for s, ds in splits.items()},
-        "protocol": {k: v for k, v in cfg.to_dict().items() if k not in ("extract_batch_size",)},
+        "grid": list(token_grid),
     }
+    result = cached_probe(identity, make_pool_fn, data, cfg, device=device, root=root)
     event(
         log,
         "probe.done",
@@ -317,7 +365,12 @@ def run_probe(
         top1=result["top1"],
         seconds=round(time.time() - started, 1),
     )
-    return payload
+    return {
+        "encoder": spec.name,
+        **result,
+        "token_grid": list(token_grid),
+        "random_weights": random_weights,
+    }
 
 
 def _count(available: int, cap: int | None) -> int:
@@ -335,37 +388,20 @@ def _load_cache(path: Path) -> dict[str, np.ndarray] | None:
         return None
 
 
-def _extract_pooled(
-    spec: Any,
-    splits: dict[str, Any],
-    counts: dict[str, int],
-    cfg: ProbeConfig,
-    *,
-    grid: tuple[int, int],
-    device: str,
-    random_weights: bool,
-) -> dict[str, np.ndarray]:
-    """Pooled features of both splits in ``cfg.feature_dtype`` (one encoder build)."""
+def _pooled(dataset: Any, count: int, pool: PoolFn, cfg: ProbeConfig, *, desc: str) -> np.ndarray:
+    """(count, D) pooled features of the first ``count`` images, in ``cfg.feature_dtype``."""
     import torch
 
-    from harness.encoders import create_encoder
     from harness.eval.images import dataset_chunks
 
-    encoder = create_encoder(spec, grid=grid, device=device, random_weights=random_weights)
-    arrays: dict[str, np.ndarray] = {
-        "weights_id": np.array(str(getattr(encoder, "weights_id", "")))
-    }
-    for split, dataset in splits.items():
-        n = counts[split]
-        pooled: list[np.ndarray] = []
-        bar = progress(total=n, desc=f"{spec.name} {split} features", unit="img")
-        for images in dataset_chunks(dataset, np.arange(n), chunk=cfg.extract_batch_size):
-            with torch.inference_mode():
-                out = encoder(torch.from_numpy(images).to(device))
-            vectors = out.tokens.mean(dim=1) if cfg.pooling == "mean" else out.pooled  # (B, D)
-            pooled.append(vectors.float().cpu().numpy().astype(cfg.feature_dtype))
-            bar.update(len(images))
-        bar.close()
-        arrays[f"{split}_x"] = np.concatenate(pooled)
-        arrays[f"{split}_y"] = np.asarray(dataset.labels()[:n], dtype=np.int64)
-    return arrays
+    parts: list[np.ndarray] = []
+    bar = progress(total=count, desc=desc, unit="img")
+    for start, images in zip(
+        range(0, count, cfg.extract_batch_size),
+        dataset_chunks(dataset, np.arange(count), chunk=cfg.extract_batch_size),
+    ):
+        vectors = pool(torch.from_numpy(images), np.arange(start, start + len(images)))
+        parts.append(vectors.float().cpu().numpy().astype(cfg.feature_dtype))
+        bar.update(len(images))
+    bar.close()
+    return np.concatenate(parts)

@@ -18,6 +18,7 @@ ADM-suite numbers (only ``mu``/``sigma`` enter FID there, too).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 import zipfile
@@ -157,11 +158,11 @@ def compute_reference(
     started = time.time()
     root = results_root(root)
     out_dir = Path(out_dir)
+    if cfg.reference.source == "npz":
+        _check_adm_extractor(cfg)
     source = _npz_source(cfg) if cfg.reference.source == "npz" else _dataset_source(data, cfg)
     primary = primary_extractor(cfg, data=data, root=root, device=device)
     dino = dinov2_extractor(cfg)
-    if source.adm_stats is not None:
-        _check_adm_extractor(primary, cfg)
     keep_features = cfg.metrics.kid or cfg.metrics.prc
     n_features = min(cfg.reference.num_features, source.n_available) if keep_features else 0
     meta: dict[str, Any] = {
@@ -220,8 +221,12 @@ def _dataset_source(data: DataConfig, cfg: EvalConfig) -> _Source:
         raise DataError(f"reference: the {cfg.reference.split} split is empty")
     n = total if cfg.reference.num_images is None else min(total, cfg.reference.num_images)
 
+    workers = min(8, os.cpu_count() or 1) if data.source == "folder" else 0  # JPEG decoding
+
     def chunks(indices: Sequence[int] | None) -> Iterator[np.ndarray]:
-        return dataset_chunks(dataset, np.arange(n) if indices is None else indices)
+        return dataset_chunks(
+            dataset, np.arange(n) if indices is None else indices, workers=workers
+        )
 
     description = {
         "source": data.source,
@@ -285,12 +290,19 @@ def _npz_source(cfg: EvalConfig) -> _Source:
     return _Source(description, None, int(images.shape[1]), chunks, len(images), stats)
 
 
-def _check_adm_extractor(primary: ExtractorInfo, cfg: EvalConfig) -> None:
-    if primary.name != "inception-v3-compat" or primary.fid_layer != str(ADM_FEATURE_DIM):
+def _check_adm_extractor(cfg: EvalConfig) -> None:
+    """ADM statistics are Inception pool3 statistics: only the real inception-v3-compat at its
+    2048-d layer is comparable with them."""
+    layer = cfg.feature_layer or "default"
+    if (
+        cfg.extractor != "inception-v3-compat"
+        or cfg.random_weights_extractor
+        or layer not in ("default", "2048")
+    ):
+        used = f"{cfg.extractor}{'(random-weights)' if cfg.random_weights_extractor else ''} layer {layer}"
         raise ConfigError(
-            f"reference.source npz holds Inception pool statistics; the extractor must be "
-            f"inception-v3-compat (real weights, layer 2048), got {primary.name} layer "
-            f"{primary.fid_layer}",
+            "reference.source npz holds Inception pool statistics; the extractor must be "
+            f"inception-v3-compat (real weights, layer 2048), got {used}",
             hint="set eval.extractor: inception-v3-compat, random_weights_extractor: false, "
             "feature_layer: null, or use reference.source: dataset",
         )

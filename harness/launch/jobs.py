@@ -31,7 +31,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,7 +152,18 @@ class JobPoller:
         self.calls = 0
         self._slurm: dict[str, LiveJob] | None = None
         self._fetched_at = float("-inf")
+        self._frozen = False
         self.stale = False  # the last squeue call failed: answers may be out of date
+
+    @contextlib.contextmanager
+    def consistent(self) -> Iterator[None]:
+        """Answer every query of the block from one scheduler call (refreshed once if due)."""
+        self._slurm_jobs()
+        self._frozen = True
+        try:
+            yield
+        finally:
+            self._frozen = False
 
     def invalidate(self) -> None:
         """Forget the cached answer (after submitting or cancelling)."""
@@ -171,7 +182,8 @@ class JobPoller:
         return None  # debug jobs ran in-process and are over
 
     def _slurm_jobs(self) -> dict[str, LiveJob] | None:
-        if time.monotonic() - self._fetched_at < self.interval_s and self._slurm is not None:
+        fresh_enough = time.monotonic() - self._fetched_at < self.interval_s
+        if self._frozen or (self._slurm is not None and fresh_enough):
             return self._slurm
         fresh = _squeue()
         self.calls += 1
@@ -322,9 +334,11 @@ def statuses(
 ) -> dict[str, StageStatus]:
     """:func:`stage_status` of every ``(stage, key)``, with one scheduler query for all."""
     submissions = load_submissions(root)
-    return {
-        key: stage_status(root, stage, key, submissions.get(key), poller) for stage, key in stages
-    }
+    with poller.consistent():
+        return {
+            key: stage_status(root, stage, key, submissions.get(key), poller)
+            for stage, key in stages
+        }
 
 
 # ---------------------------------------------------------------------------------------------

@@ -307,7 +307,9 @@ def _select_steps(
 def _latest_well_covered_steps(evals: pd.DataFrame) -> pd.DataFrame:
     """Per (sweep, model): the latest step at which at least ``STEP_COVERAGE`` of the most runs
     evaluated at any step have a FID, so one late or failed run does not pin an early step."""
-    covered = evals.groupby(["sweep", "model", "step"]).run_id.nunique().rename("runs").reset_index()
+    covered = (
+        evals.groupby(["sweep", "model", "step"]).run_id.nunique().rename("runs").reset_index()
+    )
     best = covered.groupby(["sweep", "model"]).runs.transform("max")
     eligible = covered[covered.runs >= STEP_COVERAGE * best]
     return eligible.groupby(["sweep", "model"]).step.max().reset_index()

@@ -18,12 +18,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from harness.registry import Registry
+from harness.report import stats
 from harness.report.analysis import Analysis
 from harness.report.data import BASELINE, METHOD_LABELS, METRIC_LABELS, X_METRICS, Study
 from harness.report.labels import place_labels
 from harness.report.options import ReportOptions
 
-BAND_BOOT = 500  # bootstrap resamples of the regression band (seaborn)
 PANEL_W, PANEL_H = 3.2, 2.9  # inches per scatter panel
 
 
@@ -138,10 +138,19 @@ def x_label(metric: str, values: pd.Series) -> str:
 # ----------------------------------------------------------------------------- (1) Figure 4 style
 
 
+def _scatter_with_fit(ax: object, x: np.ndarray, y: np.ndarray, level: float) -> None:
+    """Points, their least-squares line and its confidence band (paper Figure 4 style)."""
+    ax.scatter(x, y, s=16, color="#1f4e79", edgecolor="white", linewidths=0.4, zorder=3)  # type: ignore[attr-defined]
+    grid = np.linspace(x.min(), x.max(), 60) if len(x) else np.empty(0)
+    fit, low, high = stats.regression_band(x, y, grid, level)
+    if np.isfinite(fit).all() and len(grid):
+        ax.plot(grid, fit, color="#c0392b", lw=1.2, zorder=2)  # type: ignore[attr-defined]
+        ax.fill_between(grid, low, high, color="#c0392b", alpha=0.15, lw=0, zorder=1)  # type: ignore[attr-defined]
+
+
 @FIGURES.register("fid_vs_metrics")
 def fid_vs_metrics(ctx: ReportContext) -> FigureOutput | Skipped:
     """FID vs LP top-1, LDS, CDS, SRSS, RMSC: one row of panels per facet."""
-    import seaborn as sns
 
     points = ctx.study.points
     metrics = [m for m in X_METRICS if points[m].notna().any()]
@@ -162,23 +171,8 @@ def fid_vs_metrics(ctx: ReportContext) -> FigureOutput | Skipped:
             ax.set_gid(panel)
             data = group.dropna(subset=[metric, "fid"])
             if len(data):
-                sns.regplot(
-                    data=data,
-                    x=metric,
-                    y="fid",
-                    ax=ax,
-                    fit_reg=len(data) >= 3,
-                    ci=95,
-                    n_boot=BAND_BOOT,
-                    seed=ctx.options.seed,
-                    truncate=False,
-                    scatter_kws={
-                        "s": 16,
-                        "color": "#1f4e79",
-                        "edgecolor": "white",
-                        "linewidths": 0.4,
-                    },
-                    line_kws={"color": "#c0392b", "lw": 1.2},
+                _scatter_with_fit(
+                    ax, data[metric].to_numpy(float), data.fid.to_numpy(float), ctx.options.level
                 )
                 to_label.append(
                     (ax, data[metric].to_numpy(float), data.fid.to_numpy(float), list(data.encoder))

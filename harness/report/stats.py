@@ -15,7 +15,6 @@ Inputs may hold NaNs: a pair with a non-finite value on either side is excluded 
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -406,12 +405,30 @@ def leave_one_out(
     return sorted(out, key=lambda inf: -abs(inf.delta) if np.isfinite(inf.delta) else 0.0)
 
 
-def regression_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Least-squares slope and intercept of ``y ≈ slope·x + intercept`` (NaNs when undefined)."""
+def regression_band(
+    x: Sequence[float] | np.ndarray,
+    y: Sequence[float] | np.ndarray,
+    grid: np.ndarray,
+    level: float = 0.95,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Least-squares line of ``y`` on ``x`` and its confidence band for the mean, on ``grid``.
+
+    The band is ``ŷ ± t_{n-2} · s · sqrt(1/n + (g − x̄)² / Sxx)`` (classical OLS interval).
+
+    Returns:
+        ``(fit, low, high)`` arrays shaped like ``grid``; NaNs when fewer than 3 finite pairs
+        or a constant ``x``.
+    """
     (xs, ys), _ = finite_rows(x, y)
-    if _why_undefined(xs, ys):
-        return np.nan, np.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = sps.linregress(xs, ys)
-    return float(res.slope), float(res.intercept)
+    grid = np.asarray(grid, dtype=np.float64)
+    if xs.size < MIN_N or np.ptp(xs) == 0:
+        nan = np.full_like(grid, np.nan)
+        return nan, nan, nan
+    n = xs.size
+    slope, intercept = np.polyfit(xs, ys, 1)
+    fit = intercept + slope * grid
+    residual = ys - (intercept + slope * xs)
+    s = np.sqrt((residual @ residual) / (n - 2))
+    sxx = ((xs - xs.mean()) ** 2).sum()
+    half = sps.t.ppf(0.5 + level / 2, n - 2) * s * np.sqrt(1.0 / n + (grid - xs.mean()) ** 2 / sxx)
+    return fit, fit - half, fit + half

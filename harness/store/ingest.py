@@ -401,23 +401,58 @@ def _parse_into(
 # ---------------------------------------------------------------------------------------------
 # child tables
 # ---------------------------------------------------------------------------------------------
+_Owned = tuple[dict[str, Any], str]  # (owner row of the *_owners view, file text)
+
+
+def _insert_train_logs(
+    con: duckdb.DuckDBPyConnection, staging: _Staging, files: list[_Owned]
+) -> list[dict[str, Any]]:
+    """Parse every training log at once in SQL (the ``parse_train_logs`` macro)."""
+    con.execute(
+        "INSERT INTO train_log BY NAME SELECT * FROM parse_train_logs($keys, $runs, $texts)",
+        {
+            "keys": [owner["stage_key"] for owner, _ in files],
+            "runs": [owner["run_id"] for owner, _ in files],
+            "texts": [text for _, text in files],
+        },
+    )
+    return []
+
+
+def _insert_per_image(
+    con: duckdb.DuckDBPyConnection, staging: _Staging, files: list[_Owned]
+) -> list[dict[str, Any]]:
+    """Parse each per-image table; a malformed one is reported and contributes no rows."""
+    rows, errors = [], []
+    for owner, text in files:
+        try:
+            parsed = sources.parse_per_image(text, owner["path"])
+        except ArtifactError as exc:
+            errors.append({"path": owner["path"], "error": exc.message})
+            continue
+        extra = {c: owner[c] for c in ("stage_key", "encoder", "data_key", "params_key")}
+        rows.extend({**row, **extra} for row in parsed)
+    staging.insert("spatial_per_image", rows)
+    return errors
+
+
 @dataclass(frozen=True)
 class _Child:
     table: str  # child table
     kind: str  # source file kind
-    owners_view: str  # view: stage_key, path, signature, owner columns
-    owner_columns: tuple[str, ...]  # copied from the view into every row
-    load: Callable[[Path], list[dict[str, Any]]]  # file -> rows
+    owners_view: str  # view: stage_key, path, signature + the owner columns
+    owner_columns: tuple[str, ...]  # columns of the owners view the rows are keyed by
+    insert: Callable[[duckdb.DuckDBPyConnection, _Staging, list[_Owned]], list[dict[str, Any]]]
 
 
 CHILDREN = (
-    _Child("train_log", sources.TRAIN_LOG, "train_log_owners", ("run_id",), sources.load_train_log),
+    _Child("train_log", sources.TRAIN_LOG, "train_log_owners", ("run_id",), _insert_train_logs),
     _Child(
         "spatial_per_image",
         sources.PER_IMAGE,
         "per_image_owners",
         ("encoder", "data_key", "params_key"),
-        sources.load_per_image,
+        _insert_per_image,
     ),
 )
 
@@ -438,49 +473,69 @@ def _sync_children(con: duckdb.DuckDBPyConnection, root: Path, staging: _Staging
             ).fetchall()
         )
         outdated = {k for k, sig in loaded.items() if owners.get(k, {}).get("signature") != sig}
-        missing = sorted(k for k, o in owners.items() if loaded.get(k) != o["signature"])
-        staging.delete(child.table, "stage_key", outdated | set(missing))
-        con.execute(
-            "DELETE FROM child_loads WHERE child = ? AND stage_key IN (SELECT unnest(?))",
-            [child.table, sorted(outdated | set(missing))],
-        )
-        rows: list[dict[str, Any]] = []
-        loads: list[dict[str, Any]] = []
+        missing = [owners[k] for k in sorted(owners) if loaded.get(k) != owners[k]["signature"]]
+        reload = sorted(outdated | {o["stage_key"] for o in missing})
+        staging.delete(child.table, "stage_key", reload)
+        staging.delete("child_loads", "stage_key", reload, where=f"child = '{child.table}'")
+        files: list[_Owned] = []
         errors: list[dict[str, Any]] = []
-        for key in missing:
-            owner = owners[key]
-            try:
-                file_rows = child.load(root / owner["path"])
-            except ArtifactError as exc:
-                errors.append({"path": owner["path"], "kind": child.kind, "error": exc.message})
-                continue
-            extra = {c: owner[c] for c in child.owner_columns}
-            rows.extend({**r, **extra, "stage_key": key} for r in file_rows)
-            loads.append({"child": child.table, "stage_key": key, "signature": owner["signature"]})
-        staging.insert(child.table, rows)
-        staging.insert("child_loads", loads)
-        # errors of this child kind: exactly those of the owners that failed to load now
-        con.execute(
-            "DELETE FROM ingest_errors WHERE kind = ? AND (path NOT IN "
-            f"(SELECT path FROM {child.owners_view}) OR path IN (SELECT unnest(?)))",
-            [child.kind, [owners[k]["path"] for k in missing]],
+        with ThreadPoolExecutor(READ_THREADS) as pool:
+            texts = pool.map(lambda o: _read_text(root / o["path"]), missing)
+            for owner, text in zip(missing, texts):
+                if isinstance(text, ArtifactError):
+                    errors.append({"path": owner["path"], "error": text.message})
+                else:
+                    files.append((owner, text))
+        errors += child.insert(con, staging, files) if files else []
+        failed = {e["path"] for e in errors}
+        staging.insert(
+            "child_loads",
+            [
+                {"child": child.table, "stage_key": o["stage_key"], "signature": o["signature"]}
+                for o in missing
+                if o["path"] not in failed
+            ],
         )
-        if errors:
-            sizes = dict(
-                con.execute(
-                    "SELECT path, [mtime_ns, size] FROM ingested WHERE path IN (SELECT unnest(?))",
-                    [[e["path"] for e in errors]],
-                ).fetchall()
-            )
-            staging.insert(
-                "ingest_errors",
-                [
-                    {**e, "mtime_ns": sizes[e["path"]][0], "size": sizes[e["path"]][1]}
-                    for e in errors
-                ],
-            )
-            for item in errors:
-                event(log, "store.skipped", path=item["path"], error=item["error"])
+        _record_child_errors(con, staging, child, [o["path"] for o in missing], errors)
+
+
+def _record_child_errors(
+    con: duckdb.DuckDBPyConnection,
+    staging: _Staging,
+    child: _Child,
+    attempted: list[str],
+    errors: list[dict[str, Any]],
+) -> None:
+    """ingest_errors holds exactly the child files that failed to load this time or before."""
+    con.execute(
+        "DELETE FROM ingest_errors WHERE kind = ? AND (path NOT IN "
+        f"(SELECT path FROM {child.owners_view}) OR path IN (SELECT unnest(?)))",
+        [child.kind, attempted],
+    )
+    if not errors:
+        return
+    stat = dict(
+        con.execute(
+            "SELECT path, [mtime_ns, size] FROM ingested WHERE path IN (SELECT unnest(?))",
+            [[e["path"] for e in errors]],
+        ).fetchall()
+    )
+    staging.insert(
+        "ingest_errors",
+        [
+            {**e, "kind": child.kind, "mtime_ns": stat[e["path"]][0], "size": stat[e["path"]][1]}
+            for e in errors
+        ],
+    )
+    for item in errors:
+        event(log, "store.skipped", path=item["path"], error=item["error"])
+
+
+def _read_text(path: Path) -> str | ArtifactError:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return ArtifactError(f"{path}: unreadable: {exc}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -519,15 +574,19 @@ class _Staging:
         )
         path.unlink()
 
-    def delete(self, table: str, column: str | None, values: set[str] | list[str]) -> None:
-        if column is None:
-            if values:
-                self.con.execute(f"DELETE FROM {table}")
+    def delete(
+        self, table: str, column: str | None, values: set[str] | list[str], where: str = "TRUE"
+    ) -> None:
+        """Delete the rows whose ``column`` is in ``values`` (every row when column is None)."""
+        if not values:
             return
-        if values:
-            self.con.execute(
-                f"DELETE FROM {table} WHERE {column} IN (SELECT unnest(?))", [sorted(values)]
-            )
+        if column is None:
+            self.con.execute(f"DELETE FROM {table} WHERE {where}")
+            return
+        self.con.execute(
+            f"DELETE FROM {table} WHERE {where} AND {column} IN (SELECT unnest(?))",
+            [sorted(values)],
+        )
 
     def _types(self, table: str) -> dict[str, str]:
         if table not in self.types:

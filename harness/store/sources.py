@@ -39,16 +39,6 @@ STAGE_FILES = {
 PLAN_FILES = {"plan.json": PLAN, "jobs.jsonl": JOBS}
 PLAN_SCHEMA = 1
 PUBLISHED_PATH = "@published/" + published.PUBLISHED_CSV.name  # its `ingested.path`
-TRAIN_LOG_FIELDS = (
-    "loss",
-    "flow_loss",
-    "proj_loss",
-    "align_cos",
-    "grad_norm",
-    "lr",
-    "images_per_s",
-    "time",
-)
 PER_IMAGE_FIELDS = ("lds", "cds", "srss", "rmsc")
 
 
@@ -278,44 +268,23 @@ def parse_jobs(source: SourceFile, root: Path) -> list[dict[str, Any]]:
     return list(rows.values())
 
 
-def load_train_log(path: Path) -> list[dict[str, Any]]:
-    """``train_log`` rows of a ``train_log.jsonl``: one per step, the last line of a step wins.
+def parse_per_image(text: str, name: str) -> list[dict[str, Any]]:
+    """``spatial_per_image`` rows of a ``per_image.csv`` (index, lds, cds, srss, rmsc).
 
-    A resumed run logs again the steps after its checkpoint; the later lines replace the earlier
-    ones, so re-ingesting after a resume never duplicates a step. A torn final line is skipped.
+    (``train_log.jsonl`` files are parsed in SQL: the ``parse_train_logs`` macro.)
     """
-    try:
-        lines = read_jsonl(path)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{path}: unreadable training log: {exc}") from exc
-    by_step: dict[int, dict[str, Any]] = {}
-    for line in lines:
-        step = line.get("step")
-        if not isinstance(step, int) or isinstance(step, bool):
-            continue
-        by_step[step] = {"step": step, **{f: _number(line.get(f)) for f in TRAIN_LOG_FIELDS}}
-    return [by_step[s] for s in sorted(by_step)]
-
-
-def load_per_image(path: Path) -> list[dict[str, Any]]:
-    """``spatial_per_image`` rows of a ``per_image.csv`` (index, lds, cds, srss, rmsc)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{path}: unreadable per-image table: {exc}") from exc
     reader = csv.DictReader(io.StringIO(text))
     missing = {"index", *PER_IMAGE_FIELDS} - set(reader.fieldnames or ())
     if missing:
-        raise ArtifactError(f"{path}: per-image table lacks columns {sorted(missing)}")
+        raise ArtifactError(f"{name}: per-image table lacks columns {sorted(missing)}")
     rows = []
     for line_no, line in enumerate(reader, start=2):
         try:
             row: dict[str, Any] = {"image_index": int(line["index"])}
-            row.update(
-                {f: float(line[f]) if line[f] not in ("", None) else None for f in PER_IMAGE_FIELDS}
-            )
+            for field in PER_IMAGE_FIELDS:
+                row[field] = float(line[field]) if line[field] not in ("", None) else None
         except (TypeError, ValueError) as exc:
-            raise ArtifactError(f"{path}:{line_no}: bad per-image row: {exc}") from exc
+            raise ArtifactError(f"{name}:{line_no}: bad per-image row: {exc}") from exc
         rows.append(row)
     return rows
 

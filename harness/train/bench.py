@@ -132,10 +132,9 @@ def bench_train(
     from harness.train.align import encoder_tokens
     from harness.train.distributed import init_distributed
     from harness.train.latents import LatentDataset, encode_moments, load_vae
-    from harness.train.loop import Trainer, _configure_backends
+    from harness.train.loop import Trainer, backend_settings
 
     env = init_distributed(device)
-    _configure_backends(run)
     dataset = build_dataset(run.data, "train")
     if run.model.space == "latent":  # emulate the latent cache: encode the bench images once
         vae = load_vae(run.train.vae, env.device, random_weights=run.random_weights)
@@ -148,7 +147,7 @@ def bench_train(
         )
         dataset = LatentDataset(dataset, moments.half().numpy())
         del vae
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, backend_settings(run):
         trainer = Trainer(
             run,
             Path(tmp),

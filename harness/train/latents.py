@@ -83,7 +83,8 @@ def load_vae(
                 hint="download it on a machine with internet (huggingface-cli download "
                 f"{name}) into the shared HF cache, or set random_weights for tests",
             ) from exc
-    return vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    vae = vae.to(device) if dtype == torch.float32 else vae.to(device=device, dtype=dtype)
+    return vae.eval().requires_grad_(False)
 
 
 @dataclass(frozen=True)

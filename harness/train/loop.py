@@ -131,14 +131,29 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
-def _configure_backends(run: RunConfig) -> None:
+@contextlib.contextmanager
+def backend_settings(run: RunConfig) -> Iterator[None]:
+    """TF32, cuDNN autotuning and deterministic kernels as the run asks; restored on exit."""
     cfg = run.train
+    saved = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.benchmark,
+        torch.are_deterministic_algorithms_enabled(),
+    )
     torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
     torch.backends.cudnn.allow_tf32 = cfg.tf32
     torch.backends.cudnn.benchmark = not cfg.deterministic
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved[0]
+        torch.backends.cudnn.allow_tf32 = saved[1]
+        torch.backends.cudnn.benchmark = saved[2]
+        torch.use_deterministic_algorithms(saved[3])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -587,22 +602,22 @@ def train(
     out_dir = Path(out_dir)
     env = init_distributed(device)
     try:
-        _configure_backends(run)
-        trainer = Trainer(
-            run,
-            out_dir,
-            env,
-            catalogue=catalogue,
-            target_encoders=target_encoders,
-            dataset=dataset,
-        )
-        if env.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            write_json(out_dir / "run.json", {"run_id": trainer.id, "run": run.to_dict()})
-        barrier(env)
-        trainer.resume()
-        trainer.wrap()
-        return _loop(trainer, stop_after=stop_after, should_stop=should_stop)
+        with backend_settings(run):
+            trainer = Trainer(
+                run,
+                out_dir,
+                env,
+                catalogue=catalogue,
+                target_encoders=target_encoders,
+                dataset=dataset,
+            )
+            if env.is_main:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                write_json(out_dir / "run.json", {"run_id": trainer.id, "run": run.to_dict()})
+            barrier(env)
+            trainer.resume()
+            trainer.wrap()
+            return _loop(trainer, stop_after=stop_after, should_stop=should_stop)
     finally:
         shutdown_distributed(env)
 

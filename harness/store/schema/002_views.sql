@@ -100,6 +100,31 @@ SELECT stage_key, path, run_id, sha256 || ':' || run_id AS signature
 FROM candidates
 QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY ts DESC, stage_key DESC) = 1;
 
+-- train_log.jsonl contents -> train_log rows. One row per step: the last line of a step wins
+-- (a resumed run logs again the steps after its checkpoint); a torn final line, non-JSON lines
+-- and lines without an integer step are skipped; NaN / Infinity are kept.
+CREATE MACRO parse_train_logs(stage_keys, run_ids, contents) AS TABLE
+WITH files AS (
+    SELECT unnest(stage_keys) AS stage_key, unnest(run_ids) AS run_id,
+           string_split(unnest(contents), chr(10)) AS lines
+), numbered AS (
+    SELECT stage_key, run_id, unnest(lines) AS line, generate_subscripts(lines, 1) AS line_no,
+           len(lines) AS n_lines
+    FROM files
+), parsed AS (
+    SELECT stage_key, run_id, line_no,
+           CASE WHEN json_valid(line) AND json_type(line) = 'OBJECT' THEN from_json(line,
+               '{"step": "JSON", "loss": "DOUBLE", "flow_loss": "DOUBLE", "proj_loss": "DOUBLE",
+                 "align_cos": "DOUBLE", "grad_norm": "DOUBLE", "lr": "DOUBLE",
+                 "images_per_s": "DOUBLE", "time": "DOUBLE"}') END AS r
+    FROM numbered
+    WHERE line_no < n_lines  -- the text after the last newline: empty, or a torn line
+)
+SELECT stage_key, run_id, CAST(r.step AS BIGINT) AS step, r.* EXCLUDE (step)
+FROM parsed
+WHERE json_type(r.step) IN ('UBIGINT', 'BIGINT')
+QUALIFY row_number() OVER (PARTITION BY stage_key, r.step ORDER BY line_no DESC) = 1;
+
 -- ------------------------------------------------------------------------------------------
 -- runs: planned train stages + train results (newest result per run_id wins)
 -- ------------------------------------------------------------------------------------------

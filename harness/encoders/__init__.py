@@ -1,0 +1,109 @@
+"""Vision encoders behind one interface (see ``encoders.yaml`` and ``harness.config.encoders``).
+
+::
+
+    spec = load_catalogue("encoders.yaml").get("dinov2-vit-b")
+    enc = create_encoder(spec, grid=(16, 16), device="cuda", dtype=torch.bfloat16)
+    out = enc(images_uint8)          # images (B, 3, H, W) uint8, any H, W
+    out.tokens                        # (B, 256, 768) float32, row-major 16x16 grid
+    out.pooled                        # (B, 768): the CLS token, or the mean of the tokens
+    enc.embed_dim, enc.grid, enc.num_params, enc.weights_id
+
+One small module per source (``timm``, ``open_clip``, ``transformers``, ``torch_hub``,
+``checkpoint``, ``builtin``), each registered in :data:`SOURCES` with ``build(spec, request)``
+and ``fetch(spec)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from harness.config.encoders import EncoderSpec
+from harness.encoders.base import Backbone, BuildRequest, Encoder, EncoderError, EncoderOutput
+from harness.encoders.weights import offline
+from harness.errors import WeightsError
+from harness.registry import Registry
+
+__all__ = [
+    "SOURCES",
+    "Backbone",
+    "BuildRequest",
+    "Encoder",
+    "EncoderError",
+    "EncoderOutput",
+    "create_encoder",
+    "fetch_weights",
+]
+
+
+@dataclass(frozen=True)
+class Source:
+    """How one ``source:`` value builds encoders and pre-fills caches."""
+
+    build: Callable[[EncoderSpec, BuildRequest], Backbone]
+    fetch: Callable[[EncoderSpec], str]
+
+
+SOURCES: Registry[Source] = Registry("encoder source")
+for _name, _module in [
+    ("timm", "timm_source"),
+    ("open_clip", "open_clip_source"),
+    ("transformers", "transformers_source"),
+    ("torch_hub", "torch_hub_source"),
+    ("checkpoint", "checkpoint_source"),
+    ("builtin", "builtin"),
+]:
+    _mod = importlib.import_module(f"harness.encoders.{_module}")
+    SOURCES.register(_name, Source(build=_mod.build, fetch=_mod.fetch))
+
+
+def create_encoder(
+    spec: EncoderSpec,
+    *,
+    grid: int | tuple[int, int] = (16, 16),
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    random_weights: bool = False,
+) -> Encoder:
+    """Build the encoder of a catalogue entry, in eval mode, for a token grid.
+
+    Args:
+        spec: the catalogue entry.
+        grid: token grid (h, w) (or a side) the caller needs; the input is resized to
+            grid * patch_size and position embeddings are interpolated to it.
+        device: where the model lives.
+        dtype: compute dtype; not float32 means autocast (bf16 is the GPU choice).
+        random_weights: the same architecture with seeded random init and no file access.
+
+    Raises:
+        WeightsError: the weights are not in the offline caches (says how to fetch them).
+        EncoderError: the entry contradicts the model (prefix tokens, width, bad params).
+    """
+    hw = (grid, grid) if isinstance(grid, int) else (int(grid[0]), int(grid[1]))
+    if min(hw) < 1:
+        raise EncoderError(f"encoder {spec.name!r}: grid {hw} must be positive")
+    request = BuildRequest(
+        grid=hw,
+        input_size=(hw[0] * spec.patch_size, hw[1] * spec.patch_size),
+        device=torch.device(device),
+        random_weights=random_weights,
+    )
+    backbone = SOURCES.get(spec.source).build(spec, request)
+    backbone.requires_grad_(False)
+    encoder = Encoder(spec, backbone, request, dtype).to(request.device)
+    return encoder.eval()
+
+
+def fetch_weights(spec: EncoderSpec) -> str:
+    """Download an entry's weights into the caches the jobs read (needs internet)."""
+    if offline():
+        raise WeightsError(
+            f"encoder {spec.name!r}: fetching needs internet, but downloads are disabled "
+            "(HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE / HARNESS_OFFLINE is set)",
+            hint="unset those variables and run `harness encoders fetch` on a login node",
+        )
+    return SOURCES.get(spec.source).fetch(spec)

@@ -1,0 +1,145 @@
+"""The sweep engine without SLURM: the debug executor (in-process) and the local executor
+(subprocesses through submitit), on the tiny sweep."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from harness.artifacts import read_result
+from harness.cli import main
+from harness.io import read_jsonl
+from harness.launch.jobs import read_state
+from harness.paths import stage_dir
+
+REPO = Path(__file__).resolve().parents[1]
+CATALOGUE = str(REPO / "encoders.yaml")
+TINY = str(REPO / "sweeps" / "tiny.yaml")
+
+
+def harness(root: Path, *args: str) -> int:
+    return main(["--results", str(root), *args])
+
+
+def sweep(root: Path, *extra: str, executor: str = "debug") -> int:
+    return harness(root, "sweep", CATALOGUE, "--sweep", TINY, "--executor", executor, *extra)
+
+
+def plan_stages(root: Path, name: str = "tiny") -> list[dict]:
+    return json.loads((root / "plans" / name / "plan.json").read_text())["stages"]
+
+
+def job_rows(root: Path, name: str = "tiny") -> list[dict]:
+    path = root / "plans" / name / "jobs.jsonl"
+    return read_jsonl(path) if path.exists() else []
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The tiny sweep, run to completion in-process (debug executor)."""
+    root = tmp_path_factory.mktemp("local") / "results"
+    assert sweep(root) == 0
+    return root
+
+
+def test_debug_executor_runs_the_whole_plan(finished):
+    stages = plan_stages(finished)
+    assert {s["stage"] for s in stages} == {"fid_ref", "spatial", "probe", "train", "eval"}
+    for stage in stages:
+        out_dir = stage_dir(finished, stage["stage"], stage["key"])
+        result = read_result(out_dir)
+        assert result is not None and result["status"] == "done", stage["label"]
+        assert result["key"] == stage["key"] and result["config"] == stage["config"]
+        assert not (out_dir / "state.json").exists()  # result.json supersedes it
+        spec = json.loads((out_dir / "spec.json").read_text())
+        assert [n["key"] for n in spec["needs"]] == stage["needs"]
+    train = [s for s in stages if s["stage"] == "train"]
+    for stage in train:
+        payload = read_result(stage_dir(finished, "train", stage["key"]))["payload"]
+        assert payload["run_id"] == stage["labels"]["run_id"]
+        assert payload["steps_done"] == 4
+    rows = job_rows(finished)
+    assert len(rows) == len(stages) and {r["attempt"] for r in rows} == {1}
+
+
+def test_rerun_submits_nothing(finished):
+    before = job_rows(finished)
+    assert sweep(finished) == 0
+    assert job_rows(finished) == before
+
+
+def test_edited_train_steps_runs_only_train_and_eval(finished, capsys):
+    before = len(job_rows(finished))
+    assert sweep(finished, "--set", "train.steps=5", "--set", "eval.at_steps=[5]") == 0
+    new = job_rows(finished)[before:]
+    assert sorted(r["stage"] for r in new) == ["eval"] * 5 + ["train"] * 5
+    capsys.readouterr()
+    assert harness(finished, "status", "--sweep", "tiny", "--no-ingest") == 0
+    out = capsys.readouterr().out
+    assert "train" in out and "100%" in out
+
+
+def test_local_executor_runs_jobs_in_subprocesses_on_the_snapshot(tmp_path):
+    root = tmp_path / "results"
+    assert sweep(root, "--encoders", "noise", "--only", "spatial", executor="local") == 0
+    (row,) = job_rows(root)
+    assert row["executor"] == "local" and row["job_id"].isdigit()
+    result = read_result(stage_dir(root, "spatial", row["key"]))
+    assert result["status"] == "done"
+    sha = result["provenance"]["git_sha"]
+    snapshots = list((root / "jobs" / "snapshots").iterdir())
+    assert len(snapshots) == 1 and (snapshots[0] / "harness" / "stages" / "runner.py").exists()
+    # the job's provenance records the snapshot's commit (+ its tree hash when uncommitted)
+    assert sha and (snapshots[0].name[:8] in sha if "dirty" in sha else len(sha) == 40)
+
+
+def test_failed_stage_records_the_error_and_retry_resumes(finished, tmp_path, capsys):
+    root = tmp_path / "results"
+    shutil.copytree(finished, root)
+    stages = plan_stages(root)
+    train = next(s for s in stages if s["stage"] == "train" and s["labels"]["method"] == "none")
+    evaluation = next(s for s in stages if s["stage"] == "eval" and s["needs"][0] == train["key"])
+    eval_dir = stage_dir(root, "eval", evaluation["key"])
+    shutil.rmtree(eval_dir)
+    checkpoint = stage_dir(root, "train", train["key"]) / "checkpoints" / "step_0000004.pt"
+    aside = tmp_path / "aside.pt"
+    checkpoint.rename(aside)
+    assert sweep(root, executor="local") == 1  # the eval job fails: its checkpoint is gone
+    state = read_state(eval_dir)
+    assert state["state"] == "failed" and state["error"] and state["log_tail"]
+    assert "did not finish" in capsys.readouterr().err
+    rows = len(job_rows(root))
+    assert sweep(root, executor="local") == 0  # not resubmitted without --retry-failed
+    assert len(job_rows(root)) == rows
+    aside.rename(checkpoint)
+    assert sweep(root, "--retry-failed", executor="local") == 0
+    assert read_result(eval_dir)["status"] == "done"
+    assert job_rows(root)[-1]["attempt"] == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "methods=[repa, irepaa]"], "did you mean 'irepa'"),
+        (["--encoders", "pixls"], "did you mean 'pixels'"),
+        (["--set", "data.source=folder", "--set", "data.root=/nonexistent/imagenet"], "cpu-study"),
+        (["--set", "train.steps=2"], "eval.at_steps [4] are outside"),
+        (["--only", "trian"], "did you mean 'train'"),
+    ],
+)
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, args, message):
+    root = tmp_path / "results"
+    assert sweep(root, *args) == 2
+    assert message in capsys.readouterr().err
+    assert not root.exists()
+
+
+def test_malformed_sweep_file_exits_2(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nmodels: [SiT-T/4\n")
+    code = harness(tmp_path / "results", "sweep", CATALOGUE, "--sweep", str(bad), "--dry-run")
+    assert code == 2
+    assert "bad.yaml:2" in capsys.readouterr().err

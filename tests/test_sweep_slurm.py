@@ -1,0 +1,237 @@
+"""The sweep engine on the real single-node SLURM cluster (``scripts/slurm-local.sh``).
+
+* the tiny sweep runs to completion through real ``sbatch`` (arrays, ``afterok``), and the
+  database's ``v_study`` then holds every run and eval step with all its metrics;
+* re-running submits nothing; editing ``train.steps`` re-plans only training and evaluation;
+* preemption: ``scancel --signal=USR2`` and ``scontrol requeue`` on a running training job
+  requeue it and it resumes from its checkpoint to exactly the configured steps, with no
+  duplicate training-log rows; ``scancel --signal=KILL`` leaves it failed and
+  ``--retry-failed`` resumes it;
+* bad input exits 2 with nothing submitted and the saved plan unchanged;
+* ``harness cancel`` cancels a sweep's queued jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.artifacts import read_result
+from harness.cli import main
+from harness.config.encoders import load_catalogue
+from harness.config.sweep import load_sweep
+from harness.io import read_jsonl
+from harness.launch.jobs import JobPoller, load_submissions
+from harness.launch.submit import decide, plan_statuses
+from harness.paths import stage_dir
+from harness.plan import build_plan
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+CATALOGUE = str(REPO / "encoders.yaml")
+TINY = str(REPO / "sweeps" / "tiny.yaml")
+# a single baseline training run that lasts long enough to be signalled
+LONG_TRAIN = ["--set", "methods=[]", "--set", "train.steps=500", "--set", "train.ckpt_every=50",
+              "--set", "eval.at_steps=[500]", "--only", "train"]  # fmt: skip
+DEADLINE_S = 240
+
+
+def harness(root: Path, *args: str) -> int:
+    return main(["--results", str(root), *args])
+
+
+def sweep_args(*extra: str) -> list[str]:
+    return ["sweep", CATALOGUE, "--sweep", TINY, "--executor", "slurm", *extra]
+
+
+def wait_for(condition, what: str, timeout: float = DEADLINE_S, every: float = 0.5):
+    """Poll ``condition`` until it returns a truthy value (a bounded wait, not a sleep)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def squeue_ids() -> set[str]:
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True)
+    return {line.strip() for line in out.stdout.splitlines() if line.strip()}
+
+
+def rows(root: Path, sweep: str = "tiny") -> list[dict]:
+    path = root / "plans" / sweep / "jobs.jsonl"
+    return read_jsonl(path) if path.exists() else []
+
+
+# ---------------------------------------------------------------------------------------------
+# The tiny sweep end to end
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def finished_tiny(slurm_cluster, tmp_path_factory):
+    root = tmp_path_factory.mktemp("slurm") / "results"
+    assert harness(root, *sweep_args("--wait")) == 0
+    return root
+
+
+def test_tiny_sweep_runs_to_completion_through_sbatch(finished_tiny):
+    root = finished_tiny
+    plan = json.loads((root / "plans" / "tiny" / "plan.json").read_text())
+    for stage in plan["stages"]:
+        result = read_result(stage_dir(root, stage["stage"], stage["key"]))
+        assert result is not None and result["status"] == "done", stage["label"]
+        assert result["provenance"]["slurm_job_id"], stage["label"]
+        assert result["provenance"]["git_sha"]  # the snapshot's sha reached the job
+    submitted = rows(root)
+    assert sorted(r["key"] for r in submitted) == sorted(s["key"] for s in plan["stages"])
+    assert {r["executor"] for r in submitted} == {"slurm"}
+    # one job array per stage kind: the two spatial stages share an array job id
+    spatial = [r["job_id"] for r in submitted if r["stage"] == "spatial"]
+    assert len(spatial) == 2 and len({j.split("_")[0] for j in spatial}) == 1
+
+
+def test_v_study_has_every_run_and_metric(finished_tiny):
+    import duckdb
+
+    with duckdb.connect(str(finished_tiny / "harness.duckdb"), read_only=True) as con:
+        frame = con.sql("SELECT * FROM v_study ORDER BY run_id, step").df()
+    assert len(frame) == 5  # {pixels, noise} x {repa, irepa} + none, one eval step each
+    assert set(frame["method"]) == {"none", "repa", "irepa"}
+    assert frame["fid"].notna().all() and (frame["step"] == 4).all()
+    encoder_runs = frame[frame["method"] != "none"]
+    for column in ("lp_top1", "lds", "cds", "srss", "rmsc"):
+        assert encoder_runs[column].notna().all(), column
+    assert frame[frame["method"] == "none"]["lds"].isna().all()
+
+
+def test_rerun_submits_nothing_and_train_steps_replan_only_train_and_eval(finished_tiny):
+    root = finished_tiny
+    before = rows(root)
+    assert harness(root, *sweep_args()) == 0
+    assert rows(root) == before
+    catalogue = load_catalogue(CATALOGUE)
+    longer = build_plan(catalogue, load_sweep(TINY, ["train.steps=6", "eval.at_steps=[6]"]))
+    decisions = decide(longer, plan_statuses(longer, root, JobPoller()))
+    to_run = {d.stage.stage for d in decisions.values() if d.action == "submit"}
+    assert to_run == {"train", "eval"}
+    assert {d.action for d in decisions.values() if d.stage.stage not in to_run} == {"done"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Preemption, requeue, kill
+# ---------------------------------------------------------------------------------------------
+def _train_dirs(root: Path) -> dict[int, tuple[Path, str]]:
+    """seed -> (train stage dir, job id) of the long training sweep."""
+    plan = json.loads((root / "plans" / "tiny" / "plan.json").read_text())
+    jobs = load_submissions(root)
+    return {
+        s["labels"]["seed"]: (stage_dir(root, "train", s["key"]), jobs[s["key"]]["job_id"])
+        for s in plan["stages"]
+        if s["stage"] == "train"
+    }
+
+
+def _logged_steps(out_dir: Path) -> list[int]:
+    path = out_dir / "train_log.jsonl"
+    return [row["step"] for row in read_jsonl(path)] if path.exists() else []
+
+
+def _resumed_from(out_dir: Path) -> list[int]:
+    events = read_jsonl(out_dir / "log.jsonl")
+    return [e["step"] for e in events if e.get("event") == "train.resumed"]
+
+
+def _assert_resumed_to_the_end(out_dir: Path, steps: int) -> None:
+    result = wait_for(lambda: read_result(out_dir), f"{out_dir.name} to finish")
+    assert result["status"] == "done"
+    assert result["payload"]["steps_done"] == steps
+    logged = _logged_steps(out_dir)
+    assert logged == list(range(1, steps + 1))  # exactly the configured steps, no duplicates
+    resumed = _resumed_from(out_dir)
+    assert resumed and 0 < resumed[-1] < steps  # resumed from a checkpoint, not from scratch
+
+
+def test_preemption_requeues_and_resumes_from_checkpoint(slurm_cluster, tmp_path):
+    root = tmp_path / "results"
+    assert harness(root, *sweep_args(*LONG_TRAIN, "--set", "seeds=[1, 2, 3]")) == 0
+    runs = _train_dirs(root)
+    signals = {
+        1: ["scancel", "--signal=USR2"],  # submitit preemption signal: checkpoint + requeue
+        2: ["scontrol", "requeue"],  # the scheduler requeues (SIGTERM): save, SLURM restarts
+        3: ["scancel", "--signal=KILL"],  # no chance to save: the stage is failed
+    }
+    for seed, command in signals.items():
+        out_dir, job_id = runs[seed]
+        wait_for(lambda d=out_dir: len(_logged_steps(d)) >= 60, f"seed {seed} to train a while")
+        subprocess.run([*command, job_id], check=True)
+    _assert_resumed_to_the_end(runs[1][0], 500)
+    _assert_resumed_to_the_end(runs[2][0], 500)
+    assert read_result(runs[1][0])["provenance"]["slurm_restart_count"] not in (None, "0")
+
+    killed_dir, killed_job = runs[3]
+    wait_for(lambda: killed_job not in squeue_ids(), "the killed job to leave the queue")
+    plan = build_plan(
+        load_catalogue(CATALOGUE),
+        load_sweep(TINY, ["methods=[]", "train.steps=500", "train.ckpt_every=50",
+                          "eval.at_steps=[500]", "seeds=[1, 2, 3]"]),
+    )  # fmt: skip
+    states = plan_statuses(plan, root, JobPoller())
+    assert states[killed_dir.name].state == "failed"
+    assert "ended while running" in states[killed_dir.name].detail
+    submitted = len(rows(root))
+    assert harness(root, *sweep_args(*LONG_TRAIN, "--set", "seeds=[1, 2, 3]")) == 0
+    assert len(rows(root)) == submitted  # a failed stage is not resubmitted by default
+    assert harness(root, *sweep_args(*LONG_TRAIN, "--set", "seeds=[1, 2, 3]", "--retry-failed")) == 0
+    assert len(rows(root)) == submitted + 1
+    assert rows(root)[-1]["attempt"] == 2
+    _assert_resumed_to_the_end(killed_dir, 500)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input and cancel
+# ---------------------------------------------------------------------------------------------
+def test_rejected_resources_submit_nothing_and_keep_the_plan(slurm_cluster, tmp_path, capsys):
+    root = tmp_path / "results"
+    assert harness(root, *sweep_args("--hold", "--only", "spatial")) == 0
+    plan_file = root / "plans" / "tiny" / "plan.json"
+    saved, jobs_before = plan_file.read_bytes(), rows(root)
+    queue_before = squeue_ids()
+    code = harness(
+        root, *sweep_args("--set", "resources.train.partition=nonexistent", "--set", "train.steps=5",
+                          "--set", "eval.at_steps=[5]")
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "SLURM rejects the resources of stage 'train'" in err and "partition" in err
+    assert plan_file.read_bytes() == saved and rows(root) == jobs_before
+    assert squeue_ids() == queue_before
+    for args in (
+        ["--set", "methods=[repa, irepaa]"],  # unknown method
+        ["--encoders", "pixls"],  # unknown encoder
+        ["--set", "data.source=folder", "--set", "data.root=/nonexistent/imagenet"],  # no dataset
+    ):
+        assert harness(root, *sweep_args(*args)) == 2, args
+    assert plan_file.read_bytes() == saved and rows(root) == jobs_before
+    assert harness(root, "cancel", "--sweep", "tiny") == 0
+
+
+def test_cancel_removes_queued_jobs(slurm_cluster, tmp_path, capsys):
+    root = tmp_path / "results"
+    assert harness(root, *sweep_args("--hold")) == 0
+    mine = {r["job_id"] for r in rows(root)}
+    assert mine and mine <= squeue_ids()
+    assert harness(root, "cancel", "--sweep", "tiny", "--stage", "eval") == 0
+    evals = {r["job_id"] for r in rows(root) if r["stage"] == "eval"}
+    wait_for(lambda: not (evals & squeue_ids()), "eval jobs to be cancelled")
+    assert (mine - evals) <= squeue_ids()  # other stages stay queued
+    assert harness(root, "cancel", "--sweep", "tiny") == 0
+    wait_for(lambda: not (mine & squeue_ids()), "every job to be cancelled")
+    capsys.readouterr()
+    assert harness(root, "status", "--sweep", "tiny", "--no-ingest") == 0
+    assert "planned" in capsys.readouterr().out
