@@ -89,7 +89,9 @@ def test_resize_tokens_keeps_constant_fields_and_identity() -> None:
     tokens = torch.randn(2, 16, 3)
     assert resize_tokens(tokens, (4, 4), (4, 4)) is tokens
     const = torch.ones(1, 9, 2) * torch.tensor([2.0, -1.0])
-    torch.testing.assert_close(resize_tokens(const, (3, 3), (6, 6)), torch.ones(1, 36, 2) * torch.tensor([2.0, -1.0]))
+    torch.testing.assert_close(
+        resize_tokens(const, (3, 3), (6, 6)), torch.ones(1, 36, 2) * torch.tensor([2.0, -1.0])
+    )
     assert resize_tokens(torch.randn(1, 256, 2), (16, 16), (8, 8)).shape == (1, 64, 2)
 
 
@@ -103,9 +105,19 @@ def test_check_target_rejects_other_aspect_ratio() -> None:
 
 def test_method_defaults_resolve_into_the_run_config() -> None:
     repa = RunConfig(method="repa", encoder="e").align
-    assert (repa.projector, repa.proj_coeff, repa.zscore, repa.encoder_depth) == ("mlp", 0.5, False, 4)
+    assert (repa.projector, repa.proj_coeff, repa.zscore, repa.encoder_depth) == (
+        "mlp",
+        0.5,
+        False,
+        4,
+    )
     irepa = RunConfig(method="irepa", encoder="e").align
-    assert (irepa.projector, irepa.kernel_size, irepa.zscore, irepa.zscore_gamma) == ("conv", 3, True, 0.6)
+    assert (irepa.projector, irepa.kernel_size, irepa.zscore, irepa.zscore_gamma) == (
+        "conv",
+        3,
+        True,
+        0.6,
+    )
     assert irepa.proj_coeff == 0.5  # the paper's λ, not the released config's 1.0
     xl = RunConfig(method="irepa", encoder="e", model={"name": "SiT-XL/2"}, align={"lambda": 1.0})
     assert (xl.align.encoder_depth, xl.align.proj_coeff) == (8, 1.0)
@@ -123,12 +135,21 @@ def test_projector_registries_agree() -> None:
     ("text", "message"),
     [
         ("method: repaa\nencoder: e\n", "unknown method 'repaa' (did you mean 'repa'?)"),
-        ("method: irepa\nencoder: e\nalign: {projector: cnv}\n", "unknown projector 'cnv' (did you mean 'conv'?)"),
-        ("method: repa\nencoder: e\nalign: {encoder_depth: 12}\n", "encoder_depth = 12 is beyond SiT-B/2 (12 blocks)"),
+        (
+            "method: irepa\nencoder: e\nalign: {projector: cnv}\n",
+            "unknown projector 'cnv' (did you mean 'conv'?)",
+        ),
+        (
+            "method: repa\nencoder: e\nalign: {encoder_depth: 12}\n",
+            "encoder_depth = 12 is beyond SiT-B/2 (12 blocks)",
+        ),
         ("method: repa\n", "aligns to an encoder"),
         ("method: none\nencoder: e\n", "uses no encoder"),
         ("method: irepa\nencoder: e\nalign: {kernel_size: 4}\n", "kernel_size must be odd"),
-        ("method: repa\nencoder: e\nmodel: {name: SiT-B/8, space: pixel}\ndata: {resolution: 36}\n", "not divisible by the patch"),
+        (
+            "method: repa\nencoder: e\nmodel: {name: SiT-B/8, space: pixel}\ndata: {resolution: 36}\n",
+            "not divisible by the patch",
+        ),
     ],
 )
 def test_bad_run_configs_fail_with_clear_messages(text: str, message: str) -> None:

@@ -33,8 +33,15 @@ def ddp_run() -> RunConfig:
         data=DataConfig(resolution=16, num_classes=4, train_images=32),
         model={"name": "SiT-T/2", "space": "pixel"},
         align={"projector_dim": 32},
-        train={"steps": STEPS, "global_batch": 8, "precision": "fp32", "num_workers": 0,
-               "ckpt_every": STEPS, "sync_every": 1, "lr": 1e-3},
+        train={
+            "steps": STEPS,
+            "global_batch": 8,
+            "precision": "fp32",
+            "num_workers": 0,
+            "ckpt_every": STEPS,
+            "sync_every": 1,
+            "lr": 1e-3,
+        },
     )
 
 
@@ -64,19 +71,32 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
     port = str(_free_port())
     procs = []
     for rank in range(2):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "HARNESS_PROGRESS": "0",
-               "OMP_NUM_THREADS": "1"}
-        procs.append(subprocess.Popen(
-            [sys.executable, "-c", RANK_SCRIPT, str(config), str(tmp_path / "ddp")],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        ))
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+            "HARNESS_PROGRESS": "0",
+            "OMP_NUM_THREADS": "1",
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", RANK_SCRIPT, str(config), str(tmp_path / "ddp")],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]
 
-    single = train(ddp_run(), tmp_path / "single", device="cpu",
-                   target_encoders=[PatchEncoder((8, 8), dim=16)])
+    single = train(
+        ddp_run(), tmp_path / "single", device="cpu", target_encoders=[PatchEncoder((8, 8), dim=16)]
+    )
     assert single["status"] == "done"
     a = load_checkpoint(checkpoint_path(tmp_path / "ddp", STEPS))
     b = load_checkpoint(checkpoint_path(tmp_path / "single", STEPS))
@@ -102,7 +122,9 @@ def test_slurm_environment_maps_to_ranks(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[07-08,11],cpu1")
     monkeypatch.setenv("SLURM_JOB_ID", "123456")
     assert distributed._launch_env() == (9, 16, 1)
-    assert os.environ["MASTER_ADDR"] == "gpu07" and os.environ["MASTER_PORT"] == str(20_000 + 123456 % 20_000)
+    assert os.environ["MASTER_ADDR"] == "gpu07" and os.environ["MASTER_PORT"] == str(
+        20_000 + 123456 % 20_000
+    )
     assert distributed.first_host("node1") == "node1"
     monkeypatch.setenv("SLURM_NTASKS", "1")
     monkeypatch.delenv("MASTER_ADDR")

@@ -20,6 +20,7 @@ from harness.config.data import DataConfig
 from harness.config.eval import EvalConfig
 from harness.errors import ArtifactError, ConfigError, DataError, StageError
 from harness.eval.driver import SampleSource, evaluate_checkpoint
+from harness.eval.fidelity import METRIC_KEYS
 from harness.eval.generation import SamplePlan, generate_samples, read_shards
 from harness.eval.reference import compute_reference, load_adm_npz, load_reference
 
@@ -169,15 +170,7 @@ def test_eval_payload_records_metrics_and_full_protocol(
         "toy.pt", eval_config(), out, reference_dir=reference, step=300, source=toy_source()
     )
     metrics = payload["metrics"]
-    assert set(metrics) == {
-        "fid",
-        "isc_mean",
-        "isc_std",
-        "kid_mean",
-        "kid_std",
-        "precision",
-        "recall",
-    }
+    assert set(metrics) == set(METRIC_KEYS) - {"fd_dinov2"}  # fd_dinov2 is off by default
     assert metrics["fid"] > 0 and metrics["isc_mean"] >= 1.0 and 0 <= metrics["precision"] <= 1
     protocol = payload["protocol"]
     ref_meta = json.loads((reference / "reference.json").read_text())
@@ -230,6 +223,7 @@ import os, signal, sys
 sys.path.insert(0, {tests!r})
 from test_eval_stage import eval_config, toy_source
 from harness.eval.driver import SampleSource, evaluate_checkpoint
+from harness.eval.fidelity import METRIC_KEYS
 source = toy_source()
 calls = []
 def generate(labels, seeds):
@@ -449,7 +443,9 @@ eval:
 """
 
 
-def test_cli_fid_ref_and_eval_write_results(results_root: Path, tmp_path: Path, tiny_checkpoint, capsys) -> None:
+def test_cli_fid_ref_and_eval_write_results(
+    results_root: Path, tmp_path: Path, tiny_checkpoint, capsys
+) -> None:
     from harness.artifacts import read_result
     from harness.cli import main
 
@@ -468,7 +464,10 @@ def test_cli_fid_ref_and_eval_write_results(results_root: Path, tmp_path: Path, 
     assert "substitute extractor" in capsys.readouterr().out
     # bad input: exit code 2, nothing new recorded
     assert main(["eval", str(run_dir), "--config", str(study), "--set", "eval.bogus=1"]) == 2
-    assert main(["eval", str(run_dir), "--config", str(study), "--reference", str(tmp_path / "none")]) == 2
+    assert (
+        main(["eval", str(run_dir), "--config", str(study), "--reference", str(tmp_path / "none")])
+        == 2
+    )
     assert main(["eval", str(tmp_path / "no-run")]) == 2
     assert len(list((results_root / "stages" / "eval").iterdir())) == 1
     assert "unknown key" in capsys.readouterr().err

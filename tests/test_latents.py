@@ -54,7 +54,9 @@ def test_missing_weights_raise_weights_error(tmp_path: Path) -> None:
 
 def test_scaling_scalar_and_per_channel(tmp_path: Path) -> None:
     scalar = LatentScaling.from_config(TrainConfig())
-    assert torch.equal(scalar.scale, torch.full((4,), 0.18215)) and torch.equal(scalar.bias, torch.zeros(4))
+    assert torch.equal(scalar.scale, torch.full((4,), 0.18215)) and torch.equal(
+        scalar.bias, torch.zeros(4)
+    )
     stats = tmp_path / "stats.npz"
     np.savez(stats, scale=np.array([1.0, 2.0, 0.5, 4.0]), bias=np.array([0.1, -0.2, 0.0, 1.0]))
     per_channel = LatentScaling.from_config(TrainConfig(latent_stats=str(stats)))
@@ -105,16 +107,24 @@ def _latent_run(latents: str) -> RunConfig:
         method="none",
         data=DATA,
         model={"name": "SiT-T/2", "space": "latent"},
-        train={"steps": 2, "global_batch": 4, "precision": "fp32", "num_workers": 0,
-               "latents": latents},
+        train={
+            "steps": 2,
+            "global_batch": 4,
+            "precision": "fp32",
+            "num_workers": 0,
+            "latents": latents,
+        },
         random_weights=True,
     )
 
 
-def test_prepare_then_train_from_the_cache(results_root: Path, tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_prepare_then_train_from_the_cache(
+    results_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(StageError, match="no complete latent cache"):
         train(_latent_run("cache"), tmp_path / "a", device="cpu")
+    online = train(_latent_run("online"), tmp_path / "online", device="cpu")  # VAE in the loop
+    assert online["status"] == "done" and online["payload"]["final"]["loss"] > 0
     config = tmp_path / "run.yaml"
     config.write_text(
         "method: none\nrandom_weights: true\n"

@@ -270,7 +270,10 @@ def test_decisions_follow_states_and_dependencies(catalogue):
 
     only = decide(plan, _statuses(plan), only=["spatial", "probe"])
     assert {d.stage.stage for d in only.values() if d.action == "submit"} == {"spatial", "probe"}
-    assert {d.action for d in only.values() if d.stage.stage == "eval"} == {"blocked"}
+    assert {d.action for d in only.values() if d.stage.stage == "eval"} == {"skipped"}
+    evals_only = decide(plan, _statuses(plan, fid_ref="done"), only=["eval"])
+    assert {d.action for d in evals_only.values() if d.stage.stage == "eval"} == {"blocked"}
+    assert all("train" in d.reason for d in evals_only.values() if d.action == "blocked")
 
     diverged = decide(plan, _statuses(plan, fid_ref="done", train="diverged"), retry_failed=True)
     assert {d.action for d in diverged.values() if d.stage.stage == "train"} == {"diverged"}

@@ -19,7 +19,7 @@ REPA_ENCODERS = {  # REPA Table 2 (SiT-L/2, 400K): MAE-L, DINO-B, MoCov3-L, I-JE
     "dino-vit-b",
     "mocov3-vit-l",
     "jepa-vit-h",
-    "clip-vit-l",
+    "clip-vit-L",
     "dinov2-vit-b",
     "dinov2-vit-l",
     "dinov2-vit-g",

@@ -100,3 +100,108 @@ def test_bad_input_is_a_clear_error() -> None:
         probe_features(bad, y, x, y, FAST)
     with pytest.raises(DataError, match=r"features \(N, D\) and labels \(N,\)"):
         probe_features(x, y[:10], x, y, FAST)
+
+
+# ---------------------------------------------------------------------------------------------
+# the probe stage on encoders (builtin controls) and on SiT hidden states
+# ---------------------------------------------------------------------------------------------
+SMALL = DataConfig(resolution=32, num_classes=4, train_images=400, val_images=200, seed=0)
+STAGE = ProbeConfig(lrs=[1e-2, 1e-1], epochs=30, batch_size=128)
+
+
+def control(name: str, dim: int):
+    from harness.config.encoders import EncoderSpec
+
+    return EncoderSpec(
+        name=name, family="control", source="builtin", model_id=name, resolution=32, patch_size=4,
+        mean=[0.5] * 3, std=[0.5] * 3, embed_dim=dim, params={"dim": dim},
+    )  # fmt: skip
+
+
+def test_encoder_probe_stage_caches_features_and_ranks_controls(results_root) -> None:
+    from harness.eval.probe import run_probe
+
+    cnn = run_probe(control("random-cnn", 64), SMALL, STAGE, results_root / "p", grid=(8, 8))
+    noise = run_probe(control("noise", 32), SMALL, STAGE, results_root / "n", grid=(8, 8))
+    keys = {"encoder", "pooling", "top1", "top5", "best_lr", "grid", "n_train", "n_val"}
+    for payload in (cnn, noise):
+        assert keys | {"subset_per_class", "features_key"} <= set(payload)
+        assert payload["n_val"] == 200 and payload["feature_dim"] in (64, 32)
+    # 4 classes (chance 0.25): i.i.d. noise tokens stay at chance, a random conv net is above
+    assert noise["top1"] < 0.35 < cnn["top1"]
+    cache = results_root / "cache" / "features" / f"{cnn['features_key']}.npz"
+    with np.load(cache) as npz:
+        assert npz["train_x"].dtype == np.float16 and npz["train_x"].shape == (400, 64)
+    mtime = cache.stat().st_mtime_ns
+    again = run_probe(control("random-cnn", 64), SMALL, STAGE, results_root / "p2", grid=(8, 8))
+    assert cache.stat().st_mtime_ns == mtime and again["top1"] == cnn["top1"]
+    cls_cfg = STAGE.model_copy(update={"pooling": "cls"})
+    cls = run_probe(control("random-cnn", 64), SMALL, cls_cfg, results_root / "c", grid=(8, 8))
+    assert cls["features_key"] != cnn["features_key"]
+
+
+@pytest.fixture(scope="module")
+def sit_checkpoints(tmp_path_factory: pytest.TempPathFactory):
+    from harness.config.run import RunConfig
+    from harness.train.loop import train
+
+    out = {}
+    for dropout in (0.1, 0.0):
+        run = RunConfig.model_validate(
+            {
+                "method": "none",
+                "data": SMALL.to_dict(),
+                "model": {"name": "SiT-T/4", "space": "pixel", "class_dropout": dropout},
+                "train": {
+                    "steps": 2,
+                    "global_batch": 8,
+                    "ckpt_every": 2,
+                    "num_workers": 0,
+                    "precision": "fp32",
+                },
+            }
+        )
+        directory = tmp_path_factory.mktemp(f"sit{dropout}")
+        train(run, directory, device="cpu")
+        out[dropout] = directory
+    return out
+
+
+def test_sit_hidden_state_probe(results_root, sit_checkpoints) -> None:
+    from harness.errors import StageError
+    from harness.eval.sit_probe import run_sit_probe
+
+    ckpt = sit_checkpoints[0.1] / "checkpoints" / "step_0000002.pt"
+    payload = run_sit_probe(ckpt, STAGE, results_root / "s", block=2, noise_t=0.25)
+    assert (payload["step"], payload["block"], payload["noise_t"]) == (2, 2, 0.25)
+    assert payload["feature_dim"] == 64 and payload["run_id"].startswith("none__none__sit-t4")
+    assert 0.0 <= payload["top1"] <= 1.0 and payload["n_val"] == 200
+    assert run_sit_probe(ckpt, STAGE, results_root / "s2", block=2, noise_t=0.25) == payload
+    other_block = run_sit_probe(ckpt, STAGE, results_root / "s3", block=1, noise_t=0.25)
+    assert other_block["features_key"] != payload["features_key"]
+    with pytest.raises(StageError, match=r"block 5 is outside SiT-T/4's blocks 1\.\.4"):
+        run_sit_probe(ckpt, STAGE, results_root / "x", block=5)
+    with pytest.raises(StageError, match="no CLS token"):
+        run_sit_probe(
+            ckpt, STAGE.model_copy(update={"pooling": "cls"}), results_root / "x", block=2
+        )
+    no_null = sit_checkpoints[0.0] / "checkpoints" / "step_0000002.pt"
+    with pytest.raises(StageError, match="no null label"):
+        run_sit_probe(no_null, STAGE, results_root / "x", block=2)
+
+
+def test_probe_cli_on_sit_hidden_states(results_root, sit_checkpoints, capsys) -> None:
+    from harness.artifacts import read_result
+    from harness.cli import main
+
+    assert (
+        main(
+            ["probe", "--sit", str(sit_checkpoints[0.1]), "--block", "2", "--set", "probe.epochs=5"]
+        )
+        == 0
+    )
+    (out,) = (results_root / "stages" / "probe").iterdir()
+    result = read_result(out)
+    assert result["status"] == "done" and result["payload"]["block"] == 2
+    assert main(["probe", "--sit", str(sit_checkpoints[0.1])]) == 2  # no --block
+    assert "--block" in capsys.readouterr().err

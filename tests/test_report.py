@@ -84,7 +84,9 @@ def test_report_finds_strong_lds_and_weak_lp_correlation(study_root: Path) -> No
     partial = pd.read_csv(study_root / "report" / "tables" / "partial_correlations.csv")
     pearson = partial[(partial.method == "partial-pearson") & (partial.model != "all models")]
     lds_given_lp = pearson[pearson.target == "lds"].set_index("scope")
-    lp_given_lds = pearson[(pearson.target == "lp_top1") & (pearson.control == "lds")].set_index("scope")
+    lp_given_lds = pearson[(pearson.target == "lp_top1") & (pearson.control == "lds")].set_index(
+        "scope"
+    )
     assert (lds_given_lp.r < -0.95).all() and (lds_given_lp.ci_high < -0.8).all()
     assert (lp_given_lds.r.abs() < lds_given_lp.r.abs() - 0.3).all()  # LP adds little given LDS
     md = (study_root / "report" / "report.md").read_text()
@@ -165,7 +167,11 @@ def test_mixed_protocols_are_split_and_never_pooled(tmp_path: Path) -> None:
     _write(tmp_path, tables)
     files = _report(tmp_path)
     split = [w for w in files.warnings if "evaluation protocols" in w]
-    assert len(split) == 1 and "num_samples (10000 vs 50000)" in split[0] and "never pooled" in split[0]
+    assert (
+        len(split) == 1
+        and "num_samples (10000 vs 50000)" in split[0]
+        and "never pooled" in split[0]
+    )
     points = pd.read_csv(tmp_path / "report" / "tables" / "points.csv")
     assert points.groupby("facet").protocol.nunique().max() == 1
     assert sorted(points.groupby("protocol").encoder.nunique()) == [4, 6]
@@ -201,7 +207,9 @@ def test_missing_values_are_excluded_and_counted(tmp_path: Path) -> None:
     study.loc[study.encoder.isin(["enc-01", "enc-02"]), "lds"] = None
     late = study.run_id.eq("synthetic-enc-03-repa-sit-b-2-s1") & study.step.eq(20)
     study = study.drop(index=study.index[late])
-    study.loc[study.run_id.eq("synthetic-enc-04-repa-sit-b-2-s0") & study.step.eq(20), "train_status"] = "failed"
+    study.loc[
+        study.run_id.eq("synthetic-enc-04-repa-sit-b-2-s0") & study.step.eq(20), "train_status"
+    ] = "failed"
     tables["v_study"] = study
     _write(tmp_path, tables)
     files = _report(tmp_path)
@@ -229,7 +237,9 @@ def test_small_n_is_warned(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- bad input
 
 
-def test_empty_database_says_what_to_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_empty_database_says_what_to_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _write(tmp_path, {})
     with pytest.raises(HarnessError, match="no evaluations yet") as info:
         _report(tmp_path)
@@ -243,7 +253,10 @@ def test_empty_database_says_what_to_run(tmp_path: Path, capsys: pytest.CaptureF
     ("edit", "message"),
     [
         (lambda s: s.assign(fid=None), "no FID yet"),
-        (lambda s: s.assign(lp_top1=None, lds=None, cds=None, srss=None, rmsc=None), "no encoder metrics"),
+        (
+            lambda s: s.assign(lp_top1=None, lds=None, cds=None, srss=None, rmsc=None),
+            "no encoder metrics",
+        ),
         (lambda s: s[s.method == "none"], "only `none`"),
     ],
 )
@@ -268,7 +281,21 @@ def test_step_and_sweep_options(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(["report", "--results", str(tmp_path), "--no-ingest", "--n-boot", "-1"]) == 2
     assert "--n-boot" in capsys.readouterr().err
     out = tmp_path / "cli-out"
-    assert main(["report", "--results", str(tmp_path), "--no-ingest", "--out", str(out), "--n-boot", "50"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--results",
+                str(tmp_path),
+                "--no-ingest",
+                "--out",
+                str(out),
+                "--n-boot",
+                "50",
+            ]
+        )
+        == 0
+    )
     assert (out / "index.html").is_file() and (out / "tables" / "correlations.csv").is_file()
 
 
@@ -294,11 +321,15 @@ def test_against_published_correlates_encoder_metrics_with_paper_fids(tmp_path: 
 
 
 def test_reproduction_pairs_match_on_every_setting(tmp_path: Path) -> None:
-    tables = synthetic_tables(n_encoders=5, methods=("repa", "irepa"), eval_steps=(100_000, 400_000))
+    tables = synthetic_tables(
+        n_encoders=5, methods=("repa", "irepa"), eval_steps=(100_000, 400_000)
+    )
     _write(tmp_path, tables)
     pairs = _context(tmp_path).reproduction
     # the synthetic paper has REPA at 400K with cfg 1.0 for every encoder, plus the baseline
-    assert len(pairs) == 6 and set(pairs.method) == {"repa", "none"} and set(pairs.step) == {400_000}
+    assert (
+        len(pairs) == 6 and set(pairs.method) == {"repa", "none"} and set(pairs.step) == {400_000}
+    )
     tables["v_study"]["cfg_scale"] = 2.0
     _write(tmp_path, tables)
     assert _context(tmp_path).reproduction.empty
@@ -328,12 +359,22 @@ def test_named_queries_run_and_agree_with_the_report(study_root: Path) -> None:
     con = duckdb.connect(str(study_root / "harness.duckdb"), read_only=True)
     queries = sorted((REPO / "analysis").glob("*.sql"))
     names = {q.stem for q in queries}
-    assert {"best_encoder_per_size", "correlations_per_size", "repa_vs_irepa", "failed_stages"} <= names
+    assert {
+        "best_encoder_per_size",
+        "correlations_per_size",
+        "repa_vs_irepa",
+        "failed_stages",
+    } <= names
     results = {q.stem: con.sql(q.read_text()).df() for q in queries}
     points = pd.read_csv(study_root / "report" / "tables" / "points.csv")
     sql = results["correlations_per_size"]
     for (model, method), g in points.groupby(["model", "method"]):
-        row = sql[(sql.model == model) & (sql.method == method) & (sql.step == 400_000) & (sql.metric == "lds")]
+        row = sql[
+            (sql.model == model)
+            & (sql.method == method)
+            & (sql.step == 400_000)
+            & (sql.metric == "lds")
+        ]
         assert row.pearson_r.item() == pytest.approx(stats.pearson(g.lds, g.fid)[0], abs=1e-4)
         assert row.spearman_rho.item() == pytest.approx(stats.spearman(g.lds, g.fid)[0], abs=1e-4)
         best = results["best_encoder_per_size"]
@@ -353,9 +394,12 @@ def test_read_contract_is_a_subset_of_the_store_schema() -> None:
     con = duckdb.connect(":memory:")
     migrate(con)
     for name, spec in READ_CONTRACT.items():
-        present = {r[0] for r in con.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [name]
-        ).fetchall()}
+        present = {
+            r[0]
+            for r in con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [name]
+            ).fetchall()
+        }
         missing = {c for c, _ in spec} - present
         assert not missing, f"{name} lacks {missing}"
 

@@ -41,8 +41,15 @@ def resume_run() -> RunConfig:
         model={"name": "SiT-T/2", "space": "pixel"},
         align={"projector_dim": 32},
         train={
-            "steps": 2 * N, "global_batch": 8, "precision": "fp32", "num_workers": 0,
-            "ckpt_every": N, "keep_last": 3, "sync_every": 1, "deterministic": True, "lr": 1e-3,
+            "steps": 2 * N,
+            "global_batch": 8,
+            "precision": "fp32",
+            "num_workers": 0,
+            "ckpt_every": N,
+            "keep_last": 3,
+            "sync_every": 1,
+            "deterministic": True,
+            "lr": 1e-3,
         },
     )
 
@@ -115,7 +122,10 @@ def _run_until_ready(script: str, *args: str) -> None:
     """Start ``script``, wait until it prints "ready", then SIGKILL it."""
     proc = subprocess.Popen(
         [sys.executable, "-c", script, *args],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "HARNESS_PROGRESS": "0"},
     )
     try:
@@ -161,7 +171,9 @@ def test_truncated_and_corrupt_checkpoints_are_skipped(uninterrupted: Path, tmp_
     _assert_same_state(checkpoint_path(tmp_path, 2 * N), checkpoint_path(uninterrupted, 2 * N))
 
 
-def test_resume_skips_a_corrupt_latest_for_the_previous(uninterrupted: Path, tmp_path: Path) -> None:
+def test_resume_skips_a_corrupt_latest_for_the_previous(
+    uninterrupted: Path, tmp_path: Path
+) -> None:
     train(resume_run(), tmp_path, device="cpu", target_encoders=_encoder(), stop_after=N + 1)
     last = checkpoint_path(tmp_path, N + 1)
     last.write_bytes(last.read_bytes()[:1000])
@@ -196,6 +208,8 @@ def test_sigkill_during_checkpoint_write_keeps_previous_loadable(tmp_path: Path)
     files = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert "step_0000002.pt" not in files and any(f.endswith(".tmp") for f in files)
     assert latest_checkpoint(tmp_path) == checkpoint_path(tmp_path, 1)
-    assert torch.equal(load_checkpoint(checkpoint_path(tmp_path, 1))["model"]["w"], torch.arange(1000.0))
+    assert torch.equal(
+        load_checkpoint(checkpoint_path(tmp_path, 1))["model"]["w"], torch.arange(1000.0)
+    )
     save_checkpoint(checkpoint_path(tmp_path, 3), {"step": 3, "model": {}, "ema": {}, "run": {}})
     assert latest_checkpoint(tmp_path) == checkpoint_path(tmp_path, 3)

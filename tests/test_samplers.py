@@ -48,10 +48,19 @@ def test_samples_match_gaussian_mean_and_covariance(mode: str) -> None:
     model = GaussianVelocity(mu, sigma)
     n = 3000
     sampler = SamplerConfig(mode=mode, num_steps=100, batch_size=n)
-    x = sample_latents(
-        model, (DIM, 1, 1), torch.zeros(n, dtype=torch.long), torch.arange(n), sampler,
-        null_class=1, device="cpu",
-    ).double().flatten(1)  # (n, DIM)
+    x = (
+        sample_latents(
+            model,
+            (DIM, 1, 1),
+            torch.zeros(n, dtype=torch.long),
+            torch.arange(n),
+            sampler,
+            null_class=1,
+            device="cpu",
+        )
+        .double()
+        .flatten(1)
+    )  # (n, DIM)
     var = torch.diagonal(sigma).double()
     mean_err = (x.mean(0) - mu.double()).abs()
     assert torch.all(mean_err < 5 * (var / n).sqrt()), (mean_err, (var / n).sqrt())
@@ -64,10 +73,19 @@ def test_samples_match_gaussian_mean_and_covariance(mode: str) -> None:
 def test_sde_time_grid_ends_with_a_step_from_0_04() -> None:
     model = GaussianVelocity(*_target())
     sampler = SamplerConfig(mode="sde", num_steps=250, batch_size=2)
-    sample_latents(model, (DIM, 1, 1), torch.zeros(2, dtype=torch.long), torch.arange(2), sampler,
-                   null_class=1, device="cpu")
+    sample_latents(
+        model,
+        (DIM, 1, 1),
+        torch.zeros(2, dtype=torch.long),
+        torch.arange(2),
+        sampler,
+        null_class=1,
+        device="cpu",
+    )
     expected = torch.linspace(1.0, 0.04, 250, dtype=torch.float64)
-    torch.testing.assert_close(torch.tensor(model.calls, dtype=torch.float64), expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        torch.tensor(model.calls, dtype=torch.float64), expected, atol=1e-6, rtol=0
+    )
 
 
 class ConstantVelocity(torch.nn.Module):
@@ -90,11 +108,21 @@ class ConstantVelocity(torch.nn.Module):
     ],
 )
 def test_cfg_with_guidance_interval(low: float, high: float, expected_shift: float) -> None:
-    sampler = SamplerConfig(mode="ode", num_steps=10, cfg_scale=3.0, guidance_low=low, guidance_high=high)
+    sampler = SamplerConfig(
+        mode="ode", num_steps=10, cfg_scale=3.0, guidance_low=low, guidance_high=high
+    )
     seeds, labels = torch.arange(3), torch.zeros(3, dtype=torch.long)
-    x = sample_latents(ConstantVelocity(), (1, 1, 1), labels, seeds, sampler, null_class=1, device="cpu")
+    x = sample_latents(
+        ConstantVelocity(), (1, 1, 1), labels, seeds, sampler, null_class=1, device="cpu"
+    )
     start = sample_latents(  # zero velocity: returns the initial noise of each seed
-        lambda x, t, y: torch.zeros_like(x), (1, 1, 1), labels, seeds, sampler, null_class=1, device="cpu"
+        lambda x, t, y: torch.zeros_like(x),
+        (1, 1, 1),
+        labels,
+        seeds,
+        sampler,
+        null_class=1,
+        device="cpu",
     )
     torch.testing.assert_close(x, start - expected_shift, atol=1e-5, rtol=0)
 
@@ -107,8 +135,9 @@ def test_samples_depend_only_on_their_seed(mode: str) -> None:
 
     def run(batch: int, order: torch.Tensor) -> torch.Tensor:
         sampler = SamplerConfig(mode=mode, num_steps=20, batch_size=batch)
-        return sample_latents(model, (DIM, 1, 1), labels[order], seeds[order], sampler,
-                              null_class=1, device="cpu")
+        return sample_latents(
+            model, (DIM, 1, 1), labels[order], seeds[order], sampler, null_class=1, device="cpu"
+        )
 
     base = run(7, torch.arange(7))
     torch.testing.assert_close(run(3, torch.arange(7)), base, atol=1e-6, rtol=0)
@@ -138,5 +167,9 @@ def test_sample_images_pixel_and_latent_space() -> None:
         images = sample_images(model, run, torch.tensor([0, 1, 2]), torch.arange(3), sampler, "cpu")
         assert images.dtype == torch.uint8 and images.shape == (3, 3, side, side)
     with pytest.raises(HarnessError, match="label dropout"):
-        run = _run("pixel").model_copy(update={"model": _run("pixel").model.model_copy(update={"class_dropout": 0.0})})
-        sample_images(model, run, torch.tensor([0]), torch.arange(1), SamplerConfig(cfg_scale=2.0), "cpu")
+        run = _run("pixel").model_copy(
+            update={"model": _run("pixel").model.model_copy(update={"class_dropout": 0.0})}
+        )
+        sample_images(
+            model, run, torch.tensor([0]), torch.arange(1), SamplerConfig(cfg_scale=2.0), "cpu"
+        )

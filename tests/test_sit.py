@@ -94,9 +94,30 @@ def test_null_class_only_with_label_dropout() -> None:
 
 
 def test_learn_sigma_doubles_output_channels() -> None:
-    cfg = ModelConfig(name="SiT-T/2", space="pixel", input_size=8, in_channels=3, num_classes=4,
-                      learn_sigma=True)
+    cfg = ModelConfig(
+        name="SiT-T/2", space="pixel", input_size=8, in_channels=3, num_classes=4, learn_sigma=True
+    )
     model = SiT.from_config(cfg)
     assert model(torch.randn(1, 3, 8, 8), torch.rand(1), torch.tensor([0])).shape == (1, 6, 8, 8)
     with pytest.raises(ValueError, match="resolved"):
         SiT.from_config(ModelConfig(name="SiT-T/2"))
+
+
+@pytest.mark.parametrize(("name", "side", "channels"), [("SiT-T/2", 8, 3), ("SiT-T/4", 16, 4)])
+def test_analytic_flops_match_counted_flops(name: str, side: int, channels: int) -> None:
+    from harness.train.bench import counted_flops, sit_forward_flops
+
+    model = SiT(sit_arch(name), input_size=side, in_channels=channels, num_classes=4)
+    x, t, y = torch.randn(1, channels, side, side), torch.rand(1), torch.tensor([1])
+    counted = counted_flops(lambda: model(x, t, y))
+    analytic = sit_forward_flops(sit_arch(name), side, channels, channels)
+    assert abs(analytic / counted - 1) < 1e-6
+
+
+def test_device_peak_lookup() -> None:
+    from harness.train.bench import device_peak_flops
+
+    assert device_peak_flops("NVIDIA H100 80GB HBM3", "bf16") == 989.4e12
+    assert device_peak_flops("NVIDIA H100 PCIe", "bf16") == 756e12
+    assert device_peak_flops("NVIDIA H200", "fp32") == 494.7e12
+    assert device_peak_flops("cpu", "bf16") is None

@@ -120,7 +120,7 @@ def test_encoder_metrics_join_only_the_same_dataset(results_root: Path) -> None:
     manifest = write_study(results_root, SMALL)
     # a newer, larger measurement of enc-00 on another dataset must not reach v_study
     other = {**DATA, "seed": 1}
-    config = {"data": other, "encoder": {"name": "enc-00"}}
+    config = {"encoder": "enc-00", "encoder_spec": {"name": "enc-00"}, "data": other}
     write_result(
         stage_dir(results_root, "spatial", "other-data"), stage="spatial", key="other-data",
         config=config,
@@ -146,7 +146,7 @@ def test_v_correlations_match_scipy_with_ties(results_root: Path) -> None:
     tied = dict(manifest.encoder_metrics["enc-00"])
     write_result(
         stage_dir(results_root, "spatial", "tie"), stage="spatial", key="tie",
-        config={"data": DATA, "encoder": {"name": "enc-01"}},
+        config={"encoder": "enc-01", "encoder_spec": {"name": "enc-01"}, "data": DATA},
         payload={"encoder": "enc-01", "dataset": DATA, "n_images": 100, "grid": [4, 4],
                  "params": {}, "metrics": {m: {"mean": tied[m], "std": 0, "n": 100}
                                            for m in ("lds", "cds", "srss", "rmsc")}},
@@ -197,11 +197,16 @@ def test_reingest_changes_nothing(results_root: Path) -> None:
 
 def test_resumed_training_log_has_no_duplicate_steps(results_root: Path) -> None:
     run_id, key = "run-resume", "train-resume"
+    config = {
+        "run": {"data": DATA, "train": {"steps": 100}},
+        "run_id": run_id,
+        "encoder_spec": None,
+    }
     write_plan(results_root, "s", [{
         "key": key, "stage": "train", "label": "train resume", "needs": [], "est_gpu_hours": 1.0,
         "labels": {"encoder": "enc-00", "method": "repa", "model": "SiT-T/2", "seed": 0,
                    "run_id": run_id},
-        "config": {"data": DATA, "train": {"steps": 100}},
+        "config": config,
     }])  # fmt: skip
     out = stage_dir(results_root, "train", key)
     out.mkdir(parents=True)
@@ -225,7 +230,7 @@ def test_resumed_training_log_has_no_duplicate_steps(results_root: Path) -> None
             write_text(log, log.read_text(encoding="utf-8") + 'oops\n{"step": 75.5}\n{"loss": 3}\n')
     with open(log, "a", encoding="utf-8") as handle:
         handle.write('{"step": 110, "lo')  # torn final line: ignored
-    write_result(out, stage="train", key=key, config={"data": DATA, "train": {"steps": 100}},
+    write_result(out, stage="train", key=key, config=config,
                  payload={"run_id": run_id, "encoder": "enc-00", "method": "repa",
                           "model": "SiT-T/2", "seed": 0, "steps_target": 100, "steps_done": 100,
                           "final": {"loss": 2.0}, "diverged": None})  # fmt: skip

@@ -187,7 +187,9 @@ def test_preemption_requeues_and_resumes_from_checkpoint(slurm_cluster, tmp_path
     submitted = len(rows(root))
     assert harness(root, *sweep_args(*LONG_TRAIN, "--set", "seeds=[1, 2, 3]")) == 0
     assert len(rows(root)) == submitted  # a failed stage is not resubmitted by default
-    assert harness(root, *sweep_args(*LONG_TRAIN, "--set", "seeds=[1, 2, 3]", "--retry-failed")) == 0
+    assert (
+        harness(root, *sweep_args(*LONG_TRAIN, "--set", "seeds=[1, 2, 3]", "--retry-failed")) == 0
+    )
     assert len(rows(root)) == submitted + 1
     assert rows(root)[-1]["attempt"] == 2
     _assert_resumed_to_the_end(killed_dir, 500)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ from harness.data import build_dataset
 from harness.errors import StageError
 from harness.io import read_jsonl
 from harness.train.checkpoint import list_checkpoints, load_checkpoint
-from harness.train.loop import train
+from harness.train.loop import checkpoint_on_signals, train
 from harness.train.toys import PatchEncoder
 
 pytestmark = pytest.mark.usefixtures("results_root")
@@ -26,8 +28,14 @@ pytestmark = pytest.mark.usefixtures("results_root")
 
 def tiny_run(method: str = "repa", **train_overrides) -> RunConfig:
     train_cfg = {
-        "steps": 30, "global_batch": 16, "precision": "fp32", "num_workers": 0, "lr": 1e-3,
-        "ckpt_every": 10, "sync_every": 5, **train_overrides,
+        "steps": 30,
+        "global_batch": 16,
+        "precision": "fp32",
+        "num_workers": 0,
+        "lr": 1e-3,
+        "ckpt_every": 10,
+        "sync_every": 5,
+        **train_overrides,
     }
     return RunConfig(
         method=method,
@@ -52,18 +60,32 @@ def test_tiny_repa_run_lowers_both_losses_and_raises_alignment(tmp_path: Path) -
     assert outcome["status"] == "done" and outcome["error"] is None
     rows = read_jsonl(tmp_path / "train_log.jsonl")
     assert [r["step"] for r in rows] == list(range(1, 31))
-    assert set(rows[0]) == {"step", "loss", "flow_loss", "proj_loss", "align_cos", "grad_norm",
-                            "lr", "images_per_s", "time"}
+    assert set(rows[0]) == {
+        "step",
+        "loss",
+        "flow_loss",
+        "proj_loss",
+        "align_cos",
+        "grad_norm",
+        "lr",
+        "images_per_s",
+        "time",
+    }
     first, last = rows[:5], rows[-5:]
     assert _mean(last, "flow_loss") < 0.8 * _mean(first, "flow_loss")
     assert _mean(last, "proj_loss") < _mean(first, "proj_loss") - 0.1
     assert _mean(last, "align_cos") > _mean(first, "align_cos") + 0.1
     for r in rows:  # loss = flow + 0.5 * proj, proj = -cos
-        assert math.isclose(r["loss"], r["flow_loss"] + 0.5 * r["proj_loss"], rel_tol=1e-5, abs_tol=1e-6)
+        assert math.isclose(
+            r["loss"], r["flow_loss"] + 0.5 * r["proj_loss"], rel_tol=1e-5, abs_tol=1e-6
+        )
         assert math.isclose(r["proj_loss"], -r["align_cos"], rel_tol=1e-5, abs_tol=1e-6)
     payload = outcome["payload"]
     assert payload["steps_done"] == 30 and payload["final"]["align_cos"] == rows[-1]["align_cos"]
-    assert payload["checkpoints"] == {"20": "checkpoints/step_0000020.pt", "30": "checkpoints/step_0000030.pt"}
+    assert payload["checkpoints"] == {
+        "20": "checkpoints/step_0000020.pt",
+        "30": "checkpoints/step_0000030.pt",
+    }
     assert payload["images_per_s"] > 0 and payload["diverged"] is None
     assert json.loads((tmp_path / "run.json").read_text())["run_id"] == payload["run_id"]
 
@@ -110,7 +132,7 @@ def test_bad_batch_split_and_classes_fail_at_startup(tmp_path: Path) -> None:
     with pytest.raises(StageError, match="micro_batch 5 does not divide"):
         train(tiny_run(micro_batch=5), tmp_path, device="cpu", target_encoders=toy_encoder())
     many = build_dataset(DataConfig(resolution=16, num_classes=8, train_images=64), "train")
-    with pytest.raises(StageError, match="8 classes but model.num_classes is 4"):
+    with pytest.raises(StageError, match=r"8 classes but model\.num_classes is 4"):
         train(tiny_run(), tmp_path, device="cpu", target_encoders=toy_encoder(), dataset=many)
     with pytest.raises(StageError, match="catalogue"):
         train(tiny_run(), tmp_path, device="cpu")
@@ -118,12 +140,20 @@ def test_bad_batch_split_and_classes_fail_at_startup(tmp_path: Path) -> None:
 
 def test_micro_batches_match_the_full_batch(tmp_path: Path) -> None:
     full = train(tiny_run(steps=3), tmp_path / "full", device="cpu", target_encoders=toy_encoder())
-    micro = train(tiny_run(steps=3, micro_batch=4), tmp_path / "micro", device="cpu",
-                  target_encoders=toy_encoder())
-    a, b = (load_checkpoint(tmp_path / d / "checkpoints/step_0000003.pt") for d in ("full", "micro"))
+    micro = train(
+        tiny_run(steps=3, micro_batch=4),
+        tmp_path / "micro",
+        device="cpu",
+        target_encoders=toy_encoder(),
+    )
+    a, b = (
+        load_checkpoint(tmp_path / d / "checkpoints/step_0000003.pt") for d in ("full", "micro")
+    )
     for key in a["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], atol=2e-6, rtol=1e-5)
-    assert math.isclose(full["payload"]["final"]["loss"], micro["payload"]["final"]["loss"], rel_tol=1e-5)
+    assert math.isclose(
+        full["payload"]["final"]["loss"], micro["payload"]["final"]["loss"], rel_tol=1e-5
+    )
 
 
 def test_retention_method_none_and_stop_request(tmp_path: Path) -> None:
@@ -146,6 +176,24 @@ def test_retention_method_none_and_stop_request(tmp_path: Path) -> None:
     assert train(run, tmp_path, device="cpu")["status"] == "done"  # nothing left to do
 
 
+def test_sigusr2_checkpoints_at_the_next_step(tmp_path: Path) -> None:
+    sent = []
+
+    def send_signal_once() -> bool:
+        if not sent:
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGUSR2)  # as SLURM / submitit do before a timeout
+        return False
+
+    with checkpoint_on_signals():
+        outcome = train(
+            tiny_run("none", steps=6), tmp_path, device="cpu", should_stop=send_signal_once
+        )
+    assert outcome["status"] == "interrupted" and outcome["payload"]["steps_done"] == 2
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [2]
+    assert signal.getsignal(signal.SIGUSR2) is signal.SIG_DFL  # handler restored
+
+
 def test_cli_train_writes_result(tmp_path: Path) -> None:
     config = tmp_path / "run.yaml"
     config.write_text(
@@ -161,10 +209,88 @@ def test_cli_train_writes_result(tmp_path: Path) -> None:
     assert record["payload"]["steps_done"] == 2 and record["config"]["method"] == "none"
     ckpt = out / "checkpoints" / "step_0000002.pt"
     grid = tmp_path / "grid.png"
-    assert cli_main(["sample", str(ckpt), "--n", "4", "--out", str(grid), "--device", "cpu",
-                     "--sampler.num_steps", "3", "--sampler.mode", "ode"]) == 0
+    assert (
+        cli_main(
+            [
+                "sample",
+                str(ckpt),
+                "--n",
+                "4",
+                "--out",
+                str(grid),
+                "--device",
+                "cpu",
+                "--sampler.num_steps",
+                "3",
+                "--sampler.mode",
+                "ode",
+            ]
+        )
+        == 0
+    )
     settings = json.loads((tmp_path / "grid.png.json").read_text())
     assert settings["sampler"]["mode"] == "ode" and settings["sampler"]["num_steps"] == 3
     assert grid.stat().st_size > 0
-    assert cli_main(["sample", str(ckpt), "--n", "2", "--out", str(tmp_path / "s.npz"),
-                     "--sampler.mode", "sdee"]) == 2
+    assert (
+        cli_main(
+            [
+                "sample",
+                str(ckpt),
+                "--n",
+                "2",
+                "--out",
+                str(tmp_path / "s.npz"),
+                "--sampler.mode",
+                "sdee",
+            ]
+        )
+        == 2
+    )
+
+
+def test_cli_bench_train_prints_table_and_writes_numbers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bench.json"
+    args = [
+        "bench",
+        "train",
+        "--model",
+        "SiT-T/4",
+        "--encoder",
+        "toy",
+        "--space",
+        "pixel",
+        "--resolution",
+        "16",
+        "--batch",
+        "2",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--precision",
+        "fp32",
+        "--num-workers",
+        "0",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
+    assert cli_main(args) == 0
+    table = capsys.readouterr().out
+    for label in (
+        "images/s",
+        "step: data ms",
+        "step: encoder fwd ms",
+        "step: SiT fwd+bwd ms",
+        "step: optimizer ms",
+        "peak memory GiB",
+        "MFU",
+    ):
+        assert label in table
+    numbers = json.loads(out.read_text())
+    assert numbers["images_per_s"] > 0 and numbers["mfu"] is None  # CPU: no peak
+    assert numbers["gflops_per_image"]["encoder_fwd"] > 0
+    assert cli_main([*args[:4], "SiT-Q/2"]) == 2  # unknown preset

@@ -17,6 +17,7 @@ from typing import Any
 
 from harness.cli import Command
 from harness.errors import ArtifactError, StageError
+from harness.eval.commands import add_common_options
 
 _STEP = re.compile(r"step_(\d+)\.pt$")
 
@@ -29,14 +30,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--config",
         metavar="YAML",
         help="sweep or file with an eval: section (default: paper protocol)",
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="eval.KEY=VALUE",
-        help="override an eval setting, e.g. --set eval.sampler.num_steps=50 (repeatable)",
     )
     parser.add_argument(
         "--num-samples",
@@ -55,12 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", metavar="DIR", help="artifact directory (default: results/stages/eval/<key>)"
     )
-    parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    add_common_options(parser, "eval.sampler.num_steps=50")
 
 
 def run(args: argparse.Namespace) -> int:
     from harness.config.eval import EvalConfig
-    from harness.eval.sections import load_sections
+    from harness.eval.commands import load_sections
 
     overrides = list(args.overrides)
     if args.num_samples is not None:
@@ -119,10 +112,10 @@ def evaluate_and_record(
 ) -> tuple[dict[str, Any], Path]:
     """Evaluate ``ckpt`` and write ``result.json`` (only when every metric was computed)."""
     from harness.artifacts import write_result
-    from harness.cli.fid_ref import _device, compute_and_record
+    from harness.cli.fid_ref import compute_and_record
     from harness.config.run import run_id
+    from harness.eval.commands import resolve_device, stage_key
     from harness.eval.driver import evaluate_checkpoint
-    from harness.eval.sections import stage_key
     from harness.paths import results_root, stage_dir
 
     started = time.time()
@@ -141,7 +134,7 @@ def evaluate_and_record(
         directory,
         reference_dir=reference_dir,
         step=step,
-        device=_device(device),
+        device=resolve_device(device),
         expect_model=run.model,
     )
     config = {

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.cli import Command
+from harness.eval.commands import add_common_options
 
 if TYPE_CHECKING:
     from harness.config.data import DataConfig
@@ -35,23 +36,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--num-images", type=int, metavar="N", help="images for mu/sigma (default: whole split)"
     )
     parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a value, e.g. --set eval.extractor=harness-cnn (repeatable)",
-    )
-    parser.add_argument(
         "--out", metavar="DIR", help="artifact directory (default: results/stages/fid_ref/<key>)"
     )
-    parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    add_common_options(parser, "eval.extractor=harness-cnn")
 
 
 def run(args: argparse.Namespace) -> int:
     from harness.config.data import DataConfig
     from harness.config.eval import EvalConfig
-    from harness.eval.sections import load_sections
+    from harness.eval.commands import load_sections
 
     overrides = list(args.overrides)
     if args.npz:
@@ -81,31 +74,21 @@ def compute_and_record(
     Shared by ``harness fid-ref`` and ``harness eval`` (which needs a reference first).
     """
     from harness.artifacts import write_result
+    from harness.eval.commands import resolve_device, stage_key
     from harness.eval.reference import compute_reference
-    from harness.eval.sections import stage_key
     from harness.paths import results_root, stage_dir
+    from harness.stages.fid_ref import SAMPLE_SIDE_FIELDS
 
     started = time.time()
-    relevant = {
-        k: v
-        for k, v in cfg.to_dict().items()
-        if k
-        not in ("at_steps", "num_samples", "sampler", "vae", "seed", "class_balanced", "shard_size")
-    }
+    relevant = {k: v for k, v in cfg.to_dict().items() if k not in SAMPLE_SIDE_FIELDS}
     key = stage_key("fid_ref", data=data.to_dict(), eval=relevant)
     directory = Path(out) if out else stage_dir(results_root(), "fid_ref", key)
-    payload = compute_reference(data, cfg, directory, device=_device(device))
+    payload = compute_reference(data, cfg, directory, device=resolve_device(device))
     config = {"data": data.to_dict(), "eval": cfg.to_dict()}
     write_result(
         directory, stage="fid_ref", key=key, config=config, payload=payload, started_at=started
     )
     return payload, directory
-
-
-def _device(requested: str | None) -> str:
-    import torch
-
-    return requested or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 COMMAND = Command(

@@ -10,25 +10,21 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from harness.cli import Command
+from harness.eval.commands import add_common_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("catalogue", metavar="ENCODERS.yaml", help="the encoder catalogue")
+    parser.add_argument(
+        "catalogue", metavar="ENCODERS.yaml", nargs="?", help="the encoder catalogue"
+    )
     parser.add_argument(
         "--encoders", metavar="A,B", help="comma-separated encoder names (default: all)"
     )
     parser.add_argument(
         "--sweep", metavar="YAML", help="sweep (or file) with data: and probe: sections"
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override, e.g. --set probe.epochs=30 --set data.num_classes=10",
     )
     parser.add_argument(
         "--grid",
@@ -41,17 +37,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--random-weights", action="store_true", help="random-init encoders (tests / CPU; recorded)"
     )
     parser.add_argument("--force", action="store_true", help="recompute encoders already probed")
-    parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    sit = parser.add_argument_group("SiT hidden states (instead of encoders)")
+    sit.add_argument("--sit", metavar="CKPT|RUN_DIR", help="probe a trained SiT's hidden states")
+    sit.add_argument("--block", type=int, metavar="N", help="1-based block whose output is probed")
+    sit.add_argument(
+        "--step", type=int, metavar="N", help="checkpoint step in RUN_DIR (default: newest)"
+    )
+    sit.add_argument(
+        "--noise-t",
+        type=float,
+        default=0.0,
+        metavar="T",
+        help="input noise level t in [0, 1) (default 0: clean)",
+    )
+    add_common_options(parser, "probe.epochs=30")
 
 
 def run(args: argparse.Namespace) -> int:
+    from harness.errors import ConfigError
+
+    if args.sit:
+        return run_sit(args)
+    if not args.catalogue:
+        raise ConfigError(
+            "give the encoder catalogue (ENCODERS.yaml), or --sit CKPT|RUN_DIR --block N"
+        )
     from harness.artifacts import is_done, read_result, write_result
-    from harness.cli.fid_ref import _device
     from harness.config.data import DataConfig
     from harness.config.encoders import load_catalogue
     from harness.config.eval import ProbeConfig
+    from harness.eval.commands import load_sections, resolve_device, stage_key
     from harness.eval.probe import run_probe
-    from harness.eval.sections import load_sections, stage_key
     from harness.paths import results_root, stage_dir
 
     catalogue = load_catalogue(args.catalogue)
@@ -85,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
                 cfg,
                 out,
                 grid=grid,
-                device=_device(args.device),
+                device=resolve_device(args.device),
                 random_weights=args.random_weights,
             )
             config = {
@@ -106,13 +122,59 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_sit(args: argparse.Namespace) -> int:
+    from harness.artifacts import write_result
+    from harness.cli.eval import resolve_checkpoint
+    from harness.config.eval import ProbeConfig
+    from harness.errors import ConfigError
+    from harness.eval.commands import load_sections, resolve_device, stage_key
+    from harness.eval.sit_probe import run_sit_probe
+    from harness.io import file_hash
+    from harness.paths import results_root, stage_dir
+
+    if args.block is None:
+        raise ConfigError("--sit needs --block N (the SiT block whose output is probed)")
+    cfg = load_sections(args.sweep, {"probe": ProbeConfig}, args.overrides)["probe"]
+    ckpt, step, _ = resolve_checkpoint(Path(args.sit), args.step)
+    started = time.time()
+    key = stage_key(
+        "probe",
+        checkpoint=file_hash(ckpt, 64),
+        block=args.block,
+        noise_t=args.noise_t,
+        probe=cfg.to_dict(),
+    )
+    out = stage_dir(results_root(), "probe", key)
+    payload = run_sit_probe(
+        ckpt,
+        cfg,
+        out,
+        block=args.block,
+        noise_t=args.noise_t,
+        step=step,
+        device=resolve_device(args.device),
+    )
+    config = {
+        "checkpoint": str(ckpt),
+        "block": args.block,
+        "noise_t": args.noise_t,
+        "probe": cfg.to_dict(),
+    }
+    write_result(out, stage="probe", key=key, config=config, payload=payload, started_at=started)
+    print(
+        f"{payload['run_id']} step {step} block {args.block}: top1 {payload['top1']:.4f}  top5 {payload['top5']:.4f}  ({out})"
+    )
+    return 0
+
+
 COMMAND = Command(
     name="probe",
-    help="linear-probe encoders on cached pooled features (lr grid in one pass)",
+    help="linear-probe encoders (or a SiT's hidden states) on cached pooled features",
     examples="""
         harness probe encoders.yaml --encoders dinov2-vit-b,pe-vit-g --sweep sweeps/irepa-sitxl-100k.yaml
         harness probe encoders.yaml --encoders pixels,noise,hog --random-weights --set probe.epochs=30
         harness probe encoders.yaml --set probe.pooling=cls --set probe.subset_per_class=50
+        harness probe --sit results/stages/train/<key> --block 8 --noise-t 0.25
     """,
     add_arguments=add_arguments,
     run=run,

@@ -46,9 +46,11 @@ def run(args: argparse.Namespace) -> int:
             hint="run `harness sweep encoders.yaml --sweep sweeps/...` first "
             "(or pass --results DIR)",
         )
+    poller = JobPoller()
+    for name in names:  # jobs killed without a word: record them before ingesting
+        sweep_view(root, name, poller, record=True)
     if not args.no_ingest:
         ingest_quietly(root)
-    poller = JobPoller()
     if not args.watch:
         views = [sweep_view(root, name, poller) for name in names]
         print_views(views)
@@ -72,9 +74,10 @@ def ingest_quietly(root: Path) -> str | None:
     return None
 
 
-def sweep_view(root: Path, name: str, poller: Any) -> dict[str, Any]:
-    """The status of one saved sweep plan: summary rows, failures, totals."""
-    from harness.launch.jobs import load_submissions, stage_status
+def sweep_view(root: Path, name: str, poller: Any, *, record: bool = False) -> dict[str, Any]:
+    """The status of one saved sweep plan: summary rows, failures, totals (``record``: also write
+    the failure of jobs that vanished while running into their ``state.json``)."""
+    from harness.launch.jobs import load_submissions, record_vanished, stage_status
     from harness.plan import load_saved_plan
 
     plan = load_saved_plan(root, name)
@@ -85,6 +88,8 @@ def sweep_view(root: Path, name: str, poller: Any) -> dict[str, Any]:
             s["key"]: stage_status(root, s["stage"], s["key"], submissions.get(s["key"]), poller)
             for s in stages
         }
+    if record:
+        record_vanished(root, current)
     rows: dict[str, dict[str, Any]] = {}
     failures = []
     for stage in stages:

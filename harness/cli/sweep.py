@@ -164,9 +164,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-CAPTION = (
-    "live = queued or running; GPU-h = estimated H100 GPU-hours (harness.plan cost model)"
-)
+CAPTION = "live = queued or running; GPU-h = estimated H100 GPU-hours (harness.plan cost model)"
 
 
 def _hours(value: float) -> str:

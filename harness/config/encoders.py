@@ -149,6 +149,7 @@ class Catalogue(Config):
     """The whole catalogue; names are unique."""
 
     encoders: list[EncoderSpec] = Field(min_length=1)  # every encoder entry
+    constants: dict[str, Any] = Field(default_factory=dict)  # YAML anchors shared by entries
 
     @model_validator(mode="after")
     def _unique(self) -> Catalogue:

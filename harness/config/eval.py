@@ -18,14 +18,6 @@ from harness.config.sampler import SamplerConfig
 # Feature extractors the eval stage accepts. ``harness-cnn`` is the substitute extractor for the
 # CPU study (a small CNN trained once on the dataset); results using it are flagged
 # ``extractor_substitute: true`` and recorded as ``harness-cnn-<key>``.
-EXTRACTOR_NAMES = (
-    "inception-v3-compat",
-    "dinov2-vit-s-14",
-    "dinov2-vit-b-14",
-    "dinov2-vit-l-14",
-    "dinov2-vit-g-14",
-    "harness-cnn",
-)
 ExtractorName = Literal[
     "inception-v3-compat",
     "dinov2-vit-s-14",

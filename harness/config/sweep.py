@@ -33,7 +33,7 @@ from harness.config.data import DataConfig
 from harness.config.eval import EvalConfig, ProbeConfig
 from harness.config.loader import YamlDoc, load_yaml, validate
 from harness.config.metrics import SpatialConfig
-from harness.config.model import ModelConfig
+from harness.config.model import SIT_ARCHS, ModelConfig
 from harness.config.resources import Resources
 from harness.config.train import METHODS, AlignConfig, TrainConfig
 from harness.errors import did_you_mean, format_allowed
@@ -105,7 +105,11 @@ class SweepConfig(Config):
         if not value:
             raise ValueError("models: give at least one SiT preset, e.g. [SiT-B/2]")
         for name in value:
-            ModelConfig(name=name)  # raises with the list of presets
+            if name not in SIT_ARCHS:
+                raise ValueError(
+                    f"unknown SiT model {name!r}{did_you_mean(name, SIT_ARCHS)}; "
+                    f"allowed: {format_allowed(SIT_ARCHS)}"
+                )
         if len(set(value)) != len(value):
             raise ValueError(f"duplicate models in {value}")
         return value

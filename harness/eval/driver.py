@@ -119,8 +119,6 @@ def evaluate_checkpoint(
             sizes differ. StageError: extractor mismatch with the reference, too few samples
             (N <= feature dim), malformed samples. HarnessError: bad checkpoint.
     """
-    import torch_fidelity
-
     from harness.eval.features import build_extractor, iter_features, rebatch
     from harness.eval.fidelity import collect_generated, generation_metrics
     from harness.eval.generation import generate_samples, read_shards, sample_resolution
@@ -143,7 +141,8 @@ def evaluate_checkpoint(
         if dino is not None:
             extractors.append(build_extractor(dino, [dino.fid_layer], device))
     samples_dir = out_dir / "samples"
-    identity = {**source.identity, "sampler": cfg.sampler.to_dict(), "vae": source.vae}
+    sampler = {k: v for k, v in cfg.sampler.to_dict().items() if k != "batch_size"}  # no effect
+    identity = {**source.identity, "sampler": sampler, "vae": source.vae}
     generate_samples(
         plan,
         source.generate,
@@ -170,30 +169,7 @@ def evaluate_checkpoint(
         cfg,
     )
     metrics, skipped, settings = generation_metrics(generated, reference, cfg, primary)
-    sampler = cfg.sampler
-    protocol = {
-        "num_samples": cfg.num_samples,
-        "sampler": sampler.mode,
-        "nfe": sampler.num_steps,
-        "cfg_scale": sampler.cfg_scale,
-        "guidance_low": sampler.guidance_low,
-        "guidance_high": sampler.guidance_high,
-        "last_step_size": sampler.last_step_size if sampler.mode == "sde" else None,
-        "vae": source.vae,
-        "seed": cfg.seed,
-        "class_balanced": cfg.class_balanced,
-        "reference_key": reference.key,
-        "reference_n_images": reference.meta.get("n_images"),
-        "extractor": primary.name,
-        "extractor_weights": primary.weights,
-        "extractor_substitute": primary.substitute or bool(dino and dino.substitute),
-        "feature_layer": primary.fid_layer,
-        "fd_dinov2_extractor": dino.name if dino else None,
-        "batch_size": cfg.batch_size,
-        "tf32": False,
-        "torch_fidelity": torch_fidelity.__version__,
-        **settings,
-    }
+    protocol = _protocol(cfg, source, reference, primary, dino, settings)
     payload = {
         "run_id": source.run_id,
         "step": step,
@@ -267,6 +243,43 @@ def reference_extractors(
             hint=hint,
         )
     return primary, dino
+
+
+def _protocol(
+    cfg: EvalConfig,
+    source: SampleSource,
+    reference: Reference,
+    primary: ExtractorInfo,
+    dino: ExtractorInfo | None,
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    """Everything that decides the numbers (two FIDs compare only when this is identical)."""
+    import torch_fidelity
+
+    sampler = cfg.sampler
+    return {
+        "num_samples": cfg.num_samples,
+        "sampler": sampler.mode,
+        "nfe": sampler.num_steps,
+        "cfg_scale": sampler.cfg_scale,
+        "guidance_low": sampler.guidance_low,
+        "guidance_high": sampler.guidance_high,
+        "last_step_size": sampler.last_step_size if sampler.mode == "sde" else None,
+        "vae": source.vae,
+        "seed": cfg.seed,
+        "class_balanced": cfg.class_balanced,
+        "reference_key": reference.key,
+        "reference_n_images": reference.meta.get("n_images"),
+        "extractor": primary.name,
+        "extractor_weights": primary.weights,
+        "extractor_substitute": primary.substitute or bool(dino and dino.substitute),
+        "feature_layer": primary.fid_layer,
+        "fd_dinov2_extractor": dino.name if dino else None,
+        "batch_size": cfg.batch_size,
+        "tf32": False,
+        "torch_fidelity": torch_fidelity.__version__,
+        **settings,
+    }
 
 
 def _layers(primary: ExtractorInfo, cfg: EvalConfig) -> list[str]:

@@ -81,7 +81,7 @@ def resolve_extractor(
     recorded identity, checking that its weights are available offline.
 
     Args:
-        name: extractor name from :data:`harness.config.eval.EXTRACTOR_NAMES` (not
+        name: extractor name from :data:`harness.config.eval.ExtractorName` (not
             ``harness-cnn``: see :func:`harness.eval.substitute.substitute_info`).
         weights_path: Inception weights file (None: the torch.hub cache).
         random_weights: build the architecture with a seeded random init (tests only).
@@ -122,15 +122,7 @@ def _register_builtin_resolvers() -> None:
 def _resolve_inception(name: str, weights_path: str | None, random_weights: bool) -> ExtractorInfo:
     _register_random_extractors()
     if random_weights:
-        return ExtractorInfo(
-            name=f"{name}(random-weights)",
-            fidelity_name=f"harness-{name}-random",
-            weights=RANDOM_WEIGHTS,
-            weights_path=None,
-            substitute=True,
-            fid_layer="2048",
-            isc_layer="logits_unbiased",
-        )
+        return _random_info(name, "2048", "logits_unbiased")
     path = inception_weights_path(weights_path)
     return ExtractorInfo(
         name=name,
@@ -151,15 +143,7 @@ def _resolve_dinov2(name: str, weights_path: str | None, random_weights: bool) -
             "not from feature_extractor_weights_path"
         )
     if random_weights:
-        return ExtractorInfo(
-            name=f"{name}(random-weights)",
-            fidelity_name=f"harness-{name}-random",
-            weights=RANDOM_WEIGHTS,
-            weights_path=None,
-            substitute=True,
-            fid_layer="dinov2",
-            isc_layer=None,
-        )
+        return _random_info(name, "dinov2", None)
     checkpoint = dinov2_checkpoint_path(name)
     return ExtractorInfo(
         name=name,
@@ -169,6 +153,19 @@ def _resolve_dinov2(name: str, weights_path: str | None, random_weights: bool) -
         substitute=False,
         fid_layer="dinov2",
         isc_layer=None,
+    )
+
+
+def _random_info(name: str, fid_layer: str, isc_layer: str | None) -> ExtractorInfo:
+    """A random-weights variant: recorded as ``<name>(random-weights)``, always a substitute."""
+    return ExtractorInfo(
+        name=f"{name}(random-weights)",
+        fidelity_name=f"harness-{name}-random",
+        weights=RANDOM_WEIGHTS,
+        weights_path=None,
+        substitute=True,
+        fid_layer=fid_layer,
+        isc_layer=isc_layer,
     )
 
 

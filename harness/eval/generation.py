@@ -97,7 +97,9 @@ def generate_samples(
 
     samples_dir = Path(samples_dir)
     samples_dir.mkdir(parents=True, exist_ok=True)
-    _check_manifest(samples_dir, {"plan": plan.to_dict(), "identity": identity}, write=rank == 0)
+    # shard_size is left out: shards of another size are simply not found and are regenerated
+    drawn = {k: v for k, v in plan.to_dict().items() if k != "shard_size"}
+    _check_manifest(samples_dir, {"plan": drawn, "identity": identity}, write=rank == 0)
     mine = plan.shards()[rank::world_size]
     sizes = {a: _complete_shard_size(samples_dir, plan, a, b) for a, b in mine}
     todo = [(a, b) for a, b in mine if sizes[a] is None]

@@ -15,7 +15,6 @@ import numpy as np
 from harness.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # torch-fidelity's samples_find_ext default
-LOSSY_SUFFIXES = (".jpg", ".jpeg")
 
 
 def dataset_chunks(
@@ -86,11 +85,3 @@ def nhwc_chunks(
     order = np.arange(len(images)) if indices is None else np.asarray(indices, dtype=np.int64)
     for start in range(0, len(order), chunk):
         yield np.ascontiguousarray(images[order[start : start + chunk]].transpose(0, 3, 1, 2))
-
-
-def check_images(images: Any, where: str) -> None:
-    """Raise DataError unless ``images`` is a uint8 (n, 3, H, W) array or tensor."""
-    shape = tuple(images.shape)
-    dtype = str(images.dtype).removeprefix("torch.")
-    if dtype != "uint8" or len(shape) != 4 or shape[1] != 3:
-        raise DataError(f"{where}: expected uint8 images (N, 3, H, W), got {dtype} {shape}")

@@ -89,7 +89,14 @@ def run_sit_probe(
 
     identity = {"checkpoint_sha256": file_hash(ckpt_path, 64), "block": block, "noise_t": noise_t}
     result = cached_probe(identity, make_pool_fn, run.data, cfg, device=device, root=root)
-    event(log, "probe.sit.done", run_id=run_id(run), block=block, top1=result["top1"], seconds=round(time.time() - started, 1))
+    event(
+        log,
+        "probe.sit.done",
+        run_id=run_id(run),
+        block=block,
+        top1=result["top1"],
+        seconds=round(time.time() - started, 1),
+    )
     return {"run_id": run_id(run), "step": step, "block": block, "noise_t": noise_t, **result}
 
 
@@ -118,7 +125,12 @@ def _sit_pool_fn(model: Any, run: Any, block: int, noise_t: float, device: str) 
             else:
                 x0 = pixels_to_model(images)  # (B, 3, H, W)
             noise = torch.stack(
-                [torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(NOISE_SEED + int(i))) for i in indices]
+                [
+                    torch.randn(
+                        x0.shape[1:], generator=torch.Generator().manual_seed(NOISE_SEED + int(i))
+                    )
+                    for i in indices
+                ]
             ).to(x0)
             t = torch.full((len(x0),), noise_t, device=x0.device)
             x_t, _ = interpolate(path, x0, noise, t)

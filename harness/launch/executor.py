@@ -20,6 +20,7 @@ the parameters dict of an executor.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shlex
@@ -286,7 +287,15 @@ class Launcher:
                         handle=None if self.kind == "slurm" else job,
                     )
                 )
-        event(log, "launch.submitted", executor=self.kind, job_name=name, jobs=len(handles))
+        event(
+            log,
+            "launch.submitted",
+            logging.DEBUG,
+            executor=self.kind,
+            job_name=name,
+            jobs=len(handles),
+            first=handles[0].job_id,
+        )
         return handles
 
 

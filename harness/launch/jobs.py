@@ -152,6 +152,7 @@ class JobPoller:
         self.calls = 0
         self._slurm: dict[str, LiveJob] | None = None
         self._fetched_at = float("-inf")
+        self.answered_at = 0.0  # wall-clock time of the last successful squeue answer
         self._frozen = False
         self.stale = False  # the last squeue call failed: answers may be out of date
 
@@ -193,6 +194,7 @@ class JobPoller:
             self.interval_s = min(self.max_interval_s, self.interval_s * 2)
             return self._slurm
         self.stale = False
+        self.answered_at = time.time()
         if fresh == self._slurm:
             self.interval_s = min(self.max_interval_s, self.interval_s * 2)
         else:
@@ -256,6 +258,7 @@ class StageStatus:
     updated_at: float | None = None
     attempt: int = 0
     wall_time_s: float | None = None  # finished stages: the job's wall time
+    vanished: bool = False  # state.json says running but the job is gone (killed)
 
     @property
     def live(self) -> bool:
@@ -313,6 +316,13 @@ def stage_status(
                 detail=f"job {state.get('job_id')} ended while running "
                 "(killed, out of memory or node failure: see its log)",
                 log_tail=state.get("log_tail"),
+                # only when the scheduler answered after the job started (no stale verdicts)
+                vanished=executor == "local"
+                or (
+                    executor == "slurm"
+                    and not poller.stale
+                    and poller.answered_at > float(state.get("updated_at") or 0)
+                ),
                 **times,
                 **common,
             )
@@ -339,6 +349,36 @@ def statuses(
             key: stage_status(root, stage, key, submissions.get(key), poller)
             for stage, key in stages
         }
+
+
+def record_vanished(root: Path, current: Mapping[str, StageStatus]) -> int:
+    """Write ``state.json`` = failed for stages whose job vanished while running (SIGKILL, node
+    failure: the job could not say so itself), with the tail of the job's stderr, so that the
+    database and later commands see the failure too. Returns how many were recorded."""
+    count = 0
+    submissions = load_submissions(root) if any(s.vanished for s in current.values()) else {}
+    for status in current.values():
+        if not status.vanished:
+            continue
+        log_path = (submissions.get(status.key) or {}).get("log")
+        write_state(
+            stage_dir(root, status.stage, status.key),
+            "failed",
+            job_id=status.job_id,
+            started_at=status.started_at,
+            error=status.detail,
+            log_tail=_tail_file(log_path.replace("_log.out", "_log.err")) if log_path else None,
+        )
+        count += 1
+    return count
+
+
+def _tail_file(path: str, lines: int = 40) -> str | None:
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    return "\n".join(text.splitlines()[-lines:])
 
 
 # ---------------------------------------------------------------------------------------------

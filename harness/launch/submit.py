@@ -31,7 +31,14 @@ from pathlib import Path
 
 from harness.errors import SubmitError
 from harness.io import append_jsonl
-from harness.launch.jobs import JobPoller, StageStatus, jobs_file, stage_status, statuses
+from harness.launch.jobs import (
+    JobPoller,
+    StageStatus,
+    jobs_file,
+    record_vanished,
+    stage_status,
+    statuses,
+)
 from harness.logs import event, get_logger
 from harness.paths import jobs_dir
 from harness.plan import STAGE_ORDER, Plan, PlannedStage, check_inputs, save_plan
@@ -147,15 +154,15 @@ def submit_plan(
     root = root.absolute()
     sweep = plan.sweep
     poller = poller or JobPoller(sweep.launch.poll_min_s, sweep.launch.poll_max_s)
-    decisions = decide(
-        plan, plan_statuses(plan, root, poller), retry_failed=retry_failed, only=only
-    )
+    current = plan_statuses(plan, root, poller)
+    decisions = decide(plan, current, retry_failed=retry_failed, only=only)
     report = SubmitReport(executor=executor, decisions=decisions)
     todo = [d.stage for d in decisions.values() if d.action == "submit"]
     kinds = [k for k in STAGE_ORDER if any(s.stage == k for s in todo)]
 
     # -- everything that can fail before the first submission ------------------------------------
     check_inputs(plan, kinds)
+    record_vanished(root, current)  # jobs killed without a word: their failure goes on disk
     launcher = Launcher(
         executor, jobs_dir(root), hold=hold, submit_interval_s=sweep.launch.submit_interval_s
     )

@@ -54,6 +54,13 @@ def fmt_ci(r: float, low: float, high: float) -> str:
     return f"{r:+.2f} [{low:+.2f}, {high:+.2f}]" if np.isfinite(low) else f"{r:+.2f}"
 
 
+def fmt_number(value: float) -> str:
+    """``50000`` for integral values, 4 significant digits otherwise, ``""`` for NaN."""
+    if not np.isfinite(value):
+        return ""
+    return str(int(value)) if value == int(value) and abs(value) < 1e15 else f"{value:.4g}"
+
+
 def fmt_p(p: float) -> str:
     return "n/a" if not np.isfinite(p) else f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
 
@@ -66,7 +73,7 @@ def markdown_table(frame: pd.DataFrame, limit: int = MAX_ROWS_SHOWN) -> str:
 
     def cell(value: Any) -> str:
         if isinstance(value, float):
-            return "" if not np.isfinite(value) else f"{value:.4g}"
+            return fmt_number(value)
         return str(value).replace("|", "\\|").replace("\n", " ")
 
     lines = ["| " + " | ".join(map(str, shown.columns)) + " |", "|" + "---|" * len(shown.columns)]
@@ -368,6 +375,6 @@ def _html_table(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "<p><em>(none)</em></p>"
     shown = frame.head(MAX_ROWS_SHOWN)
-    text = shown.to_html(index=False, border=0, na_rep="", float_format=lambda v: f"{v:.4g}")
+    text = shown.to_html(index=False, border=0, na_rep="", float_format=fmt_number)
     more = len(frame) - len(shown)
     return text + (f"<p><em>{more} more rows in the CSV.</em></p>" if more > 0 else "")

@@ -21,8 +21,13 @@ def run(ctx: StageContext) -> StageOutcome:
     dataset = build_dataset(data, SPLIT)
     key = cache_key(dataset.fingerprint(), SPLIT, vae_id, random_vae)
     cache = LatentCache(cache_dir(ctx.root, "latents") / key)
-    meta = {"dataset": dataset.fingerprint(), "split": SPLIT, "vae": vae_id,
-            "random_vae": random_vae, "data": data.to_dict()}
+    meta = {
+        "dataset": dataset.fingerprint(),
+        "split": SPLIT,
+        "vae": vae_id,
+        "random_vae": random_vae,
+        "data": data.to_dict(),
+    }
     encoded = 0
     if not cache.complete:
         vae = load_vae(vae_id, ctx.device, random_weights=random_vae)

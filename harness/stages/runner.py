@@ -18,6 +18,7 @@ never in the pickle (submitit requeues the *original* pickle after a node failur
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import traceback
@@ -109,7 +110,7 @@ class StageJob:
         return stage_dir(Path(self.root), self.stage, self.key)
 
     def __call__(self) -> str:
-        from harness.launch.executor import cooperative_stop, export_torch_distributed, job_info
+        from harness.launch.executor import job_info
 
         info = job_info()
         leader = info.global_rank == 0
@@ -117,10 +118,21 @@ class StageJob:
         if is_done(out_dir):
             return "done"
         spec = read_spec(out_dir)
-        stage = STAGES.get(spec["stage"])
-        if leader:
+        if not logging.getLogger("harness").handlers:  # a fresh job process
             setup_logging(0)
-            add_json_log(out_dir / LOG_FILE)
+        handler = add_json_log(out_dir / LOG_FILE) if leader else None
+        try:
+            return self._run(spec, info, leader)
+        finally:
+            if handler is not None:
+                logging.getLogger("harness").removeHandler(handler)
+                handler.close()
+
+    def _run(self, spec: dict[str, Any], info: Any, leader: bool) -> str:
+        from harness.launch.executor import cooperative_stop, export_torch_distributed
+
+        out_dir = self.out_dir
+        stage = STAGES.get(spec["stage"])
         started = time.time()
         if leader:
             write_state(out_dir, "running", job_id=info.job_id, started_at=started)

@@ -62,10 +62,10 @@ def run_query(
         return _to_json(columns, types, rows)
     import pandas as pd
 
-    frame = pd.DataFrame(rows, columns=columns)
+    frame = pd.DataFrame(rows, columns=columns, dtype=object)
     if fmt == "csv":
         return frame.to_csv(index=False)
-    return _to_table(frame, max_rows)
+    return _to_table(frame.map(lambda v: "NULL" if v is None else v), max_rows)
 
 
 def explain_error(con: duckdb.DuckDBPyConnection, exc: Exception) -> StoreError:

@@ -122,10 +122,13 @@ def _collect(
 # parsers: (file, bytes) -> rows of the source tables
 # ---------------------------------------------------------------------------------------------
 def data_key(config: Any) -> str:
-    """The dataset a stage used: content hash of ``config["data"]`` ('' when it has none)."""
-    if isinstance(config, dict) and isinstance(config.get("data"), dict):
-        return content_hash(config["data"])
-    return ""
+    """The dataset a stage used: content hash of ``config.data`` (spatial, probe, fid_ref) or
+    ``config.run.data`` (train); '' when the stage has none (eval)."""
+    if not isinstance(config, dict):
+        return ""
+    run = config.get("run")
+    data = config.get("data", run.get("data") if isinstance(run, dict) else None)
+    return content_hash(data) if isinstance(data, dict) else ""
 
 
 def variant_key(stage: str, payload: dict[str, Any]) -> str:

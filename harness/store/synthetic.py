@@ -140,7 +140,7 @@ def write_study(root: Path, study: SyntheticStudy | None = None) -> Manifest:
         )
         jobs.append((stage, key, config, payload, extra))
 
-    ref_config = {"data": DATA, "extractor": "inception-v3-compat"}
+    ref_config = {"data": DATA, "eval": {"extractor": "inception-v3-compat"}}
     ref_key = content_hash({"stage": "fid_ref", **ref_config})
     add(
         "fid_ref",
@@ -162,7 +162,8 @@ def write_study(root: Path, study: SyntheticStudy | None = None) -> Manifest:
         values = {m: round(rng.uniform(0.05, 0.9), 6) for m in METRICS}
         values["lp_top1"] = round(rng.uniform(20.0, 85.0), 4)
         manifest.encoder_metrics[name] = values
-        spatial_config = {"data": DATA, "encoder": spec, "metrics": {"far_dist": 6, "dmax": 8}}
+        common = {"encoder": name, "encoder_spec": spec, "data": DATA, "grid": [4, 4]}
+        spatial_config = {**common, "spatial": {"far_dist": 6, "dmax": 8}}
         per_image = [
             [i, *(round(values[m] + rng.gauss(0, 0.01), 6) for m in METRICS)]
             for i in range(study.per_image)
@@ -187,7 +188,7 @@ def write_study(root: Path, study: SyntheticStudy | None = None) -> Manifest:
             [],
             per_image,
         )
-        probe_config = {"data": DATA, "encoder": spec, "probe": {"pooling": "mean"}}
+        probe_config = {**common, "probe": {"pooling": "mean"}}
         probe_key = content_hash({"stage": "probe", **probe_config})
         add(
             "probe",
@@ -258,14 +259,17 @@ def _add_run(
 ) -> None:
     run_id = content_hash({"encoder": encoder, "method": method, "model": model, "seed": seed})
     labels = {"encoder": encoder, "method": method, "model": model, "seed": seed, "run_id": run_id}
-    train_config = {
+    run = {
         "data": DATA,
+        "encoder": encoder,
         "method": method,
-        "model": model,
+        "model": {"name": model},
         "seed": seed,
         "train": {"steps": study.steps_target},
     }
-    train_key = content_hash({"stage": "train", **train_config, "encoder": encoder})
+    spec = encoder_spec(encoder, study.encoders.index(encoder)) if encoder else None
+    train_config = {"run": run, "run_id": run_id, "encoder_spec": spec}
+    train_key = content_hash({"stage": "train", **train_config})
     log_rows = [
         {
             "step": step,
@@ -308,7 +312,7 @@ def _add_run(
     for step in study.eval_steps:
         fid = round(base * (1.0 + study.steps_target / step) / 2 + rng.gauss(0, 1.0), 4)
         manifest.fid[(run_id, step)] = fid
-        eval_config = {"run_id": run_id, "step": step, "protocol": protocol()}
+        eval_config = {"run_id": run_id, "step": step, "eval": protocol(), "model": {"name": model}}
         add(
             "eval",
             content_hash({"stage": "eval", **eval_config, "train": train_key}),

@@ -342,7 +342,7 @@ class Trainer:
             if self.env.is_main and log_path.exists():
                 write_text(log_path, "")
             return
-        state = ckpt.load_checkpoint(path, map_location=self.device)
+        state = ckpt.load_checkpoint(path, map_location="cpu")  # RNG states must stay on CPU
         stored = ckpt.run_from_checkpoint(state, path)
         if not _same_run(stored, self.run):
             raise StageError(
@@ -672,6 +672,7 @@ def _loop(
             trainer.save(step)
         if stop or step == stop_after:
             bar.close()
+            _STOP.clear()  # the request is served: a later train() call runs normally
             return _outcome(trainer, "interrupted" if step < cfg.steps else "done", step)
     bar.close()
     return _outcome(trainer, "done" if end >= cfg.steps else "interrupted", end)

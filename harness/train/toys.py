@@ -37,13 +37,13 @@ class PatchEncoder(nn.Module):
         self.grid = (int(grid[0]), int(grid[1]))
         self.embed_dim = dim
         gen = torch.Generator().manual_seed(seed)
-        self.register_buffer("w1", torch.randn(4 * dim, 3, 3, 3, generator=gen) / 27**0.5)
-        self.register_buffer("w2", torch.randn(dim, 4 * dim, generator=gen) / (4 * dim) ** 0.5)
+        self.register_buffer("w1", torch.randn(dim, 3, 3, 3, generator=gen) / 27**0.5)
+        self.register_buffer("w2", torch.randn(dim, dim, generator=gen) / dim**0.5)
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> ToyOutput:
         x = images.float() / 127.5 - 1.0  # (B, 3, H, W)
         x = F.adaptive_avg_pool2d(x, (2 * self.grid[0], 2 * self.grid[1]))  # (B, 3, 2h, 2w)
-        x = F.gelu(F.conv2d(x, self.w1.to(x), stride=2, padding=1))  # (B, 4D, h, w)
+        x = F.gelu(F.conv2d(x, self.w1.to(x), stride=2, padding=1))  # (B, D, h, w)
         tokens = torch.einsum("bchw,dc->bhwd", x, self.w2.to(x)).flatten(1, 2)  # (B, T, D)
         return ToyOutput(tokens=tokens, pooled=tokens.mean(1), grid=self.grid)

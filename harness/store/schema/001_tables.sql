@@ -178,7 +178,7 @@ CREATE TABLE evaluations (
     fd_dinov2 DOUBLE,              -- Fréchet distance in DINOv2 space
     num_samples BIGINT,            -- generated images
     sampler VARCHAR,               -- sampler (sde | ode ...)
-    nfe INTEGER,                   -- network evaluations per image
+    nfe BIGINT,                    -- network evaluations per image
     cfg_scale DOUBLE,              -- classifier-free guidance scale
     guidance_low DOUBLE,           -- guidance interval start
     guidance_high DOUBLE,          -- guidance interval end

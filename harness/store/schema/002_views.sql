@@ -58,15 +58,18 @@ LEFT JOIN submitted b USING (stage_key)
 LEFT JOIN planned p USING (stage_key);
 
 -- ------------------------------------------------------------------------------------------
--- encoders: catalogue entries carried in stage configs (config.encoder), newest wins
+-- encoders: catalogue entries carried in stage configs (config.encoder_spec), newest wins
 -- ------------------------------------------------------------------------------------------
+CREATE MACRO encoder_spec(config) AS
+    CASE WHEN json_type(config->'$.encoder_spec') = 'OBJECT' THEN config->'$.encoder_spec'
+         WHEN json_type(config->'$.encoder') = 'OBJECT' THEN config->'$.encoder' END;
+
 CREATE VIEW derive_encoders AS
 WITH specs AS (
-    SELECT config->'$.encoder' AS spec, plan_created_at AS ts, 0 AS source, stage_key
-    FROM plan_stages WHERE json_type(config->'$.encoder') = 'OBJECT'
+    SELECT encoder_spec(config) AS spec, plan_created_at AS ts, 0 AS source, stage_key
+    FROM plan_stages
     UNION ALL
-    SELECT config->'$.encoder', finished_at, 1, stage_key
-    FROM results WHERE json_type(config->'$.encoder') = 'OBJECT'
+    SELECT encoder_spec(config), finished_at, 1, stage_key FROM results
 )
 SELECT spec->>'$.name' AS name,
        spec->>'$.family' AS family,
@@ -152,12 +155,16 @@ WITH planned AS (
 ), merged AS (
     SELECT ids.run_id,
            f.sweep,
-           coalesce(t.payload->>'$.method', l.labels->>'$.method') AS method,
-           coalesce(t.payload->>'$.encoder', l.labels->>'$.encoder') AS encoder,
-           coalesce(t.payload->>'$.model', l.labels->>'$.model') AS model,
-           TRY_CAST(coalesce(t.payload->>'$.seed', l.labels->>'$.seed') AS BIGINT) AS seed,
-           TRY_CAST(coalesce(t.payload->>'$.steps_target', l.labels->>'$.steps_target',
-                             l.config->>'$.train.steps') AS BIGINT) AS steps_target,
+           coalesce(t.payload->>'$.method', l.labels->>'$.method',
+                    l.config->>'$.run.method') AS method,
+           coalesce(t.payload->>'$.encoder', l.labels->>'$.encoder',
+                    l.config->>'$.run.encoder') AS encoder,
+           coalesce(t.payload->>'$.model', l.labels->>'$.model',
+                    l.config->>'$.run.model.name') AS model,
+           TRY_CAST(coalesce(t.payload->>'$.seed', l.labels->>'$.seed',
+                             l.config->>'$.run.seed') AS BIGINT) AS seed,
+           TRY_CAST(coalesce(t.payload->>'$.steps_target', l.config->>'$.run.train.steps')
+                    AS BIGINT) AS steps_target,
            coalesce(TRY_CAST(t.payload->>'$.steps_done' AS BIGINT), g.last_step) AS steps_done,
            coalesce(t.stage_key, l.stage_key) AS train_key,
            coalesce(t.data_key, l.data_key) AS data_key,
@@ -199,7 +206,7 @@ SELECT payload->>'$.run_id' AS run_id,
        TRY_CAST(payload->>'$.metrics.fd_dinov2' AS DOUBLE) AS fd_dinov2,
        TRY_CAST(payload->>'$.protocol.num_samples' AS BIGINT) AS num_samples,
        payload->>'$.protocol.sampler' AS sampler,
-       TRY_CAST(payload->>'$.protocol.nfe' AS INTEGER) AS nfe,
+       TRY_CAST(payload->>'$.protocol.nfe' AS BIGINT) AS nfe,
        TRY_CAST(payload->>'$.protocol.cfg_scale' AS DOUBLE) AS cfg_scale,
        TRY_CAST(payload->>'$.protocol.guidance_low' AS DOUBLE) AS guidance_low,
        TRY_CAST(payload->>'$.protocol.guidance_high' AS DOUBLE) AS guidance_high,

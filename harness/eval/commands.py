@@ -1,10 +1,13 @@
-"""Read the sections the eval commands need (``data``, ``eval``, ``probe``) from any YAML: a sweep,
-a run config, a file holding just those sections, or a bare data config. Errors keep their
-``file:line: key.path`` form. No torch here: the CLI imports this.
+"""Helpers shared by ``harness eval``, ``harness fid-ref`` and ``harness probe``.
+
+:func:`load_sections` reads the sections a command needs (``data``, ``eval``, ``probe``) from any
+YAML: a sweep, a run config, a file holding just those sections, or a bare data config; errors
+keep their ``file:line: key.path`` form. No torch at import: the CLI imports this module.
 """
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -73,3 +76,23 @@ def _looks_like(doc: YamlDoc, model: type[BaseModel]) -> bool:
 def stage_key(stage: str, **parts: Any) -> str:
     """Content key of a command-line stage run (artifact directory name)."""
     return content_hash({"stage": stage, **parts})
+
+
+def add_common_options(parser: argparse.ArgumentParser, set_example: str) -> None:
+    """``--set SECTION.KEY=VALUE`` (repeatable) and ``--device``."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help=f"override a config value, e.g. --set {set_example} (repeatable)",
+    )
+    parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+
+
+def resolve_device(requested: str | None) -> str:
+    """``requested``, else ``cuda`` when available, else ``cpu``."""
+    import torch
+
+    return requested or ("cuda" if torch.cuda.is_available() else "cpu")

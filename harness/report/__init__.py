@@ -1,0 +1,18 @@
+"""``harness report``: the study's figures, statistics and tables, from the results database.
+
+Modules (import what you need; nothing heavy is imported here):
+
+* :mod:`~harness.report.stats` — pure correlation statistics (Pearson, Spearman, Kendall with
+  seeded bootstrap CIs, partial correlation, leave-one-out influence, regression band);
+* :mod:`~harness.report.data` — read the database read-only into tidy frames, with the
+  protocol guard (FIDs pool only within one evaluation protocol);
+* :mod:`~harness.report.analysis` — the statistics tables over every facet and pooled scope;
+* :mod:`~harness.report.figures` — the figure registry (``FIGURES``); each figure returns the
+  exact data it plots; :mod:`~harness.report.labels` places point labels without overlap;
+* :mod:`~harness.report.published` — the reproduction gap and the encoder-only study against
+  the papers' published FIDs (``--against-published``);
+* :mod:`~harness.report.render` — ``index.html`` (self-contained), ``report.md``,
+  ``tables/*.csv``, ``figures/``; :mod:`~harness.report.build` — ``build_report`` end to end;
+* :mod:`~harness.report.schema` — the columns the report reads (its contract with the store);
+  :mod:`~harness.report.synthetic` — a database with that shape and a known answer.
+"""
