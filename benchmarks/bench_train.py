@@ -17,11 +17,9 @@ from pathlib import Path
 
 import torch
 
-from harness.config import load_config
 from harness.io import write_json
 from harness.paths import results_root
-from harness.train.bench import bench_run_config, bench_train, format_table
-from harness.train.toys import PatchEncoder
+from harness.train.bench import bench_setup, bench_train, format_table
 
 TARGET_MFU = {"SiT-XL/2": 0.40, "SiT-B/2": 0.35}
 
@@ -46,13 +44,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="JSON output (default <results>/bench_train.json)")
     args = parser.parse_args()
 
-    catalogue = load_config(args.catalogue, kind="catalogue") if args.catalogue else None
     results = []
     for model in args.models:
-        run = bench_run_config(
+        run, catalogue, targets = bench_setup(
             model=model,
             method=args.method,
             encoder=args.encoder,
+            catalogue=args.catalogue,
             batch=args.batch,
             precision=args.precision,
             compile=args.compile,
@@ -60,7 +58,6 @@ def main() -> None:
             space=args.space,
             num_workers=args.num_workers,
         )
-        targets = [PatchEncoder(run.model.grid, dim=768)] if args.encoder == "toy" else None
         result = bench_train(
             run, steps=args.steps, warmup=args.warmup, catalogue=catalogue, target_encoders=targets
         )

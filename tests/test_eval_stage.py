@@ -371,27 +371,30 @@ def test_flat_images_from_a_diverged_model_are_rejected(
 # ---------------------------------------------------------------------------------------------
 # a real checkpoint of the training loop (tiny pixel-space SiT)
 # ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+def train_tiny_sit(data: DataConfig, out: Path, *, class_dropout: float = 0.1):
+    """Two steps of a pixel-space SiT-T/4 through the real training loop; returns its RunConfig."""
     from harness.config.run import RunConfig
     from harness.train.loop import train
 
+    train_cfg = {
+        "steps": 2,
+        "global_batch": 8,
+        "ckpt_every": 2,
+        "num_workers": 0,
+        "precision": "fp32",
+    }
+    model = {"name": "SiT-T/4", "space": "pixel", "class_dropout": class_dropout}
     run = RunConfig.model_validate(
-        {
-            "method": "none",
-            "data": DATA.to_dict(),
-            "model": {"name": "SiT-T/4", "space": "pixel"},
-            "train": {
-                "steps": 2,
-                "global_batch": 8,
-                "ckpt_every": 2,
-                "num_workers": 0,
-                "precision": "fp32",
-            },
-        }
+        {"method": "none", "data": data.to_dict(), "model": model, "train": train_cfg}
     )
-    out = tmp_path_factory.mktemp("run")
     train(run, out, device="cpu")
+    return run
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    out = tmp_path_factory.mktemp("run")
+    run = train_tiny_sit(DATA, out)
     return out / "checkpoints" / "step_0000002.pt", run
 
 

@@ -142,28 +142,12 @@ def test_encoder_probe_stage_caches_features_and_ranks_controls(results_root) ->
 
 @pytest.fixture(scope="module")
 def sit_checkpoints(tmp_path_factory: pytest.TempPathFactory):
-    from harness.config.run import RunConfig
-    from harness.train.loop import train
+    from test_eval_stage import train_tiny_sit
 
     out = {}
     for dropout in (0.1, 0.0):
-        run = RunConfig.model_validate(
-            {
-                "method": "none",
-                "data": SMALL.to_dict(),
-                "model": {"name": "SiT-T/4", "space": "pixel", "class_dropout": dropout},
-                "train": {
-                    "steps": 2,
-                    "global_batch": 8,
-                    "ckpt_every": 2,
-                    "num_workers": 0,
-                    "precision": "fp32",
-                },
-            }
-        )
-        directory = tmp_path_factory.mktemp(f"sit{dropout}")
-        train(run, directory, device="cpu")
-        out[dropout] = directory
+        out[dropout] = tmp_path_factory.mktemp(f"sit{dropout}")
+        train_tiny_sit(SMALL, out[dropout], class_dropout=dropout)
     return out
 
 

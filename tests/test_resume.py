@@ -213,3 +213,23 @@ def test_sigkill_during_checkpoint_write_keeps_previous_loadable(tmp_path: Path)
     )
     save_checkpoint(checkpoint_path(tmp_path, 3), {"step": 3, "model": {}, "ema": {}, "run": {}})
     assert latest_checkpoint(tmp_path) == checkpoint_path(tmp_path, 3)
+
+
+def test_load_for_sampling_checks_model_and_integrity(uninterrupted: Path, tmp_path: Path) -> None:
+    from harness.config.model import ModelConfig
+    from harness.errors import ArtifactError
+    from harness.train.checkpoint import load_for_sampling
+
+    path = checkpoint_path(uninterrupted, 2 * N)
+    model, run = load_for_sampling(
+        path, "cpu", expect_model=ModelConfig(name="SiT-T/2", space="pixel")
+    )
+    assert run == resume_run() and not model.training
+    ema = load_checkpoint(path)["ema"]
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in ema.items())
+    with pytest.raises(ArtifactError, match=r"differs in \['name'\]"):
+        load_for_sampling(path, "cpu", expect_model=ModelConfig(name="SiT-T/4", space="pixel"))
+    broken = tmp_path / "step_0000001.pt"
+    broken.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ArtifactError, match="truncated or corrupt"):
+        load_for_sampling(broken, "cpu")

@@ -400,6 +400,23 @@ def test_schema_version_recorded_and_newer_database_refused(
     assert "newer than this harness" in capsys.readouterr().err
 
 
+def test_edited_schema_is_rebuilt_by_ingest(
+    results_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_study(results_root, SMALL)
+    ingest(results_root)
+    expected = dump(database_path(results_root))
+    con = duckdb.connect(str(database_path(results_root)))  # as if 001 had been edited since
+    con.execute("UPDATE schema_version SET sha256 = 'edited' WHERE version = 1")
+    con.execute("DROP VIEW v_study")
+    con.close()
+    assert main(["--results", str(results_root), "query", "SELECT 1"]) == 2
+    assert "earlier edit of schema" in capsys.readouterr().err
+    assert ingest(results_root).mode == "rebuild"
+    assert dump(database_path(results_root)) == expected
+    assert query(results_root, "SELECT count(*) FROM v_study") == [(len(SMALL.eval_steps) * 7,)]
+
+
 def test_published_results_loaded(results_root: Path) -> None:
     ingest(results_root)
     n_lines = len(PUBLISHED_CSV.read_text(encoding="utf-8").strip().splitlines()) - 1

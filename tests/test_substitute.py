@@ -15,7 +15,12 @@ from harness.config.eval import SubstituteConfig
 from harness.data import build_dataset
 from harness.errors import WeightsError
 from harness.eval.features import build_extractor
-from harness.eval.substitute import ensure_substitute, substitute_info, substitute_key, train_substitute
+from harness.eval.substitute import (
+    ensure_substitute,
+    substitute_info,
+    substitute_key,
+    train_substitute,
+)
 
 DATA = DataConfig(resolution=32, num_classes=4, train_images=400, val_images=200, seed=0)
 RECIPE = SubstituteConfig(widths=[16, 32, 64], feature_dim=32, epochs=4, batch_size=64)
@@ -39,8 +44,12 @@ def test_trained_once_cached_by_content_and_learns_the_classes(results_root: Pat
     mtime = path.stat().st_mtime_ns
     assert ensure_substitute(DATA, RECIPE, root=results_root) == path
     assert path.stat().st_mtime_ns == mtime  # cached, not retrained
-    other_seed = substitute_key(build_dataset(DATA.model_copy(update={"seed": 1}), "train").fingerprint(), RECIPE)
-    other_recipe = substitute_key(build_dataset(DATA, "train").fingerprint(), RECIPE.model_copy(update={"seed": 1}))
+    other_seed = substitute_key(
+        build_dataset(DATA.model_copy(update={"seed": 1}), "train").fingerprint(), RECIPE
+    )
+    other_recipe = substitute_key(
+        build_dataset(DATA, "train").fingerprint(), RECIPE.model_copy(update={"seed": 1})
+    )
     assert len({path.stem, other_seed, other_recipe}) == 3
 
     info = substitute_info(path)
@@ -55,5 +64,5 @@ def test_trained_once_cached_by_content_and_learns_the_classes(results_root: Pat
 
 
 def test_missing_checkpoint_is_a_weights_error(tmp_path: Path) -> None:
-    with pytest.raises(WeightsError, match="substitute extractor checkpoint .* is missing"):
+    with pytest.raises(WeightsError, match=r"substitute extractor checkpoint .* is missing"):
         substitute_info(tmp_path / "gone.pt")

@@ -142,4 +142,4 @@ def test_malformed_sweep_file_exits_2(tmp_path, capsys):
     bad.write_text("name: bad\nmodels: [SiT-T/4\n")
     code = harness(tmp_path / "results", "sweep", CATALOGUE, "--sweep", str(bad), "--dry-run")
     assert code == 2
-    assert "bad.yaml:2" in capsys.readouterr().err
+    assert "bad.yaml:3:1: YAML syntax error" in capsys.readouterr().err

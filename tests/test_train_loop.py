@@ -293,4 +293,4 @@ def test_cli_bench_train_prints_table_and_writes_numbers(
     numbers = json.loads(out.read_text())
     assert numbers["images_per_s"] > 0 and numbers["mfu"] is None  # CPU: no peak
     assert numbers["gflops_per_image"]["encoder_fwd"] > 0
-    assert cli_main([*args[:4], "SiT-Q/2"]) == 2  # unknown preset
+    assert cli_main([*args[:3], "SiT-Q/2", *args[4:]]) == 2  # unknown preset

@@ -43,41 +43,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.config import load_config
     from harness.errors import ConfigError
     from harness.io import write_json
     from harness.paths import results_root
-    from harness.train.bench import bench_run_config, bench_train, format_table
+    from harness.train.bench import bench_setup, bench_train, format_table
 
     if args.batch < 1 or args.steps < 1 or args.warmup < 0:
         raise ConfigError("--batch and --steps must be >= 1, --warmup >= 0")
-    toy = args.encoder == "toy"
-    method = args.method if args.encoder else "none"
-    try:
-        run_cfg = bench_run_config(
-            model=args.model,
-            method=method,
-            encoder=args.encoder,
-            batch=args.batch,
-            precision=args.precision,
-            compile=args.compile,
-            resolution=args.resolution,
-            space=args.space,
-            num_workers=args.num_workers,
-        )
-    except ValueError as exc:  # pydantic.ValidationError is a ValueError
-        raise ConfigError(f"bench settings: {exc}") from None
-    catalogue, targets = None, None
-    if toy:
-        from harness.train.toys import PatchEncoder
-
-        targets = [PatchEncoder(run_cfg.model.grid, dim=768)]
-    elif args.encoder:
-        if not args.catalogue:
-            raise ConfigError(
-                f"--encoder {args.encoder}: pass --catalogue encoders.yaml (or --encoder toy)"
-            )
-        catalogue = load_config(args.catalogue, kind="catalogue")
+    run_cfg, catalogue, targets = bench_setup(
+        model=args.model,
+        method=args.method,
+        encoder=args.encoder,
+        catalogue=args.catalogue,
+        batch=args.batch,
+        precision=args.precision,
+        compile=args.compile,
+        resolution=args.resolution,
+        space=args.space,
+        num_workers=args.num_workers,
+    )
     result = bench_train(
         run_cfg,
         steps=args.steps,

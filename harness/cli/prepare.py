@@ -17,18 +17,11 @@ from __future__ import annotations
 import argparse
 
 from harness.cli import Command
+from harness.cli.train import add_run_config_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", metavar="CONFIG", help="run config YAML (data + train.vae)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="override a config value (repeatable)",
-    )
+    add_run_config_arguments(parser)
     parser.add_argument(
         "--split", choices=("train", "val"), default="train", help="split to encode"
     )

@@ -80,7 +80,7 @@ COMMAND = Command(
     examples="""
         harness query "SELECT encoder, method, step, fid, lds FROM v_study ORDER BY fid"
         harness query "SELECT * FROM v_correlations WHERE metric = 'lds'" --format csv
-        harness query --file analysis/top_encoders.sql --format json -o top.json
+        harness query --file analysis/correlations_per_size.sql --format json -o corr.json
         harness query "SHOW TABLES"
     """,
     add_arguments=add_arguments,

@@ -22,7 +22,8 @@ from pathlib import Path
 from harness.cli import Command
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_run_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """CONFIG plus repeatable --set overrides (shared with ``harness prepare``)."""
     parser.add_argument("config", metavar="CONFIG", help="run config YAML (harness.config.run)")
     parser.add_argument(
         "--set",
@@ -32,6 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY.PATH=VALUE",
         help="override a config value (repeatable), e.g. --set train.steps=1000",
     )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_run_config_arguments(parser)
     parser.add_argument(
         "--out", metavar="DIR", help="run directory (default: results/stages/train/<run id>)"
     )

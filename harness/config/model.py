@@ -20,6 +20,7 @@ says 8 for B, an internal inconsistency, see ``paper_facts.md`` §(b)).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
 
@@ -58,6 +59,17 @@ for _size, (_depth, _hidden, _heads, _align) in _SIZES.items():
         SIT_ARCHS[f"SiT-{_size}/{_patch}"] = SiTArch(_depth, _hidden, _heads, _patch, _align)
 
 
+def check_name(value: str | None, allowed: Collection[str], what: str) -> str | None:
+    """Field-validator helper: ``value`` if it is one of ``allowed`` (or None), else a
+    ValueError reading "unknown <what> 'x' (did you mean 'y'?); allowed: ..."."""
+    if value is not None and value not in allowed:
+        raise ValueError(
+            f"unknown {what} {value!r}{did_you_mean(value, allowed)}; "
+            f"allowed: {format_allowed(allowed)}"
+        )
+    return value
+
+
 def sit_arch(name: str) -> SiTArch:
     """The preset called ``name`` (e.g. ``"SiT-XL/2"``); raises RegistryError with suggestions."""
     try:
@@ -85,12 +97,7 @@ class ModelConfig(Config):
     @field_validator("name")
     @classmethod
     def _known_preset(cls, value: str) -> str:
-        if value not in SIT_ARCHS:
-            raise ValueError(
-                f"unknown SiT model {value!r}{did_you_mean(value, SIT_ARCHS)}; "
-                f"allowed: {format_allowed(SIT_ARCHS)}"
-            )
-        return value
+        return check_name(value, SIT_ARCHS, "SiT model") or value
 
     @property
     def arch(self) -> SiTArch:

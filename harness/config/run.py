@@ -21,14 +21,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from harness.config.base import Config
 from harness.config.data import DataConfig
 from harness.config.loader import YamlDoc, load_yaml, validate
-from harness.config.model import ModelConfig
-from harness.config.train import METHODS, PROJECTOR_KINDS, AlignConfig, TrainConfig
-from harness.errors import did_you_mean, format_allowed
+from harness.config.model import ModelConfig, check_name
+from harness.config.train import METHODS, AlignConfig, TrainConfig
 from harness.io import content_hash
 
 VAE_DOWNSAMPLE = 8  # SD-VAE: 256 px -> 32x32x4 latents
@@ -41,7 +40,7 @@ class RunConfig(Config):
     data: DataConfig = Field(default_factory=DataConfig)  # training images
     encoder: str | None = None  # catalogue name of the target encoder (None for method none)
     encoders: list[str] | None = None  # several target encoders (loss averaged over them)
-    method: str = "repa"  # alignment method: none | repa | irepa (harness.config.train.METHODS)
+    method: str = "none"  # alignment method: none | repa | irepa (harness.config.train.METHODS)
     model: ModelConfig = Field(default_factory=ModelConfig)  # the SiT
     align: AlignConfig = Field(default_factory=AlignConfig)  # alignment knobs (None = default)
     train: TrainConfig = Field(default_factory=TrainConfig)  # optimisation and checkpoints
@@ -50,22 +49,42 @@ class RunConfig(Config):
 
     @field_validator("method")
     @classmethod
-    def _known_method(cls, value: str) -> str:
-        if value not in METHODS:
+    def _method_and_targets(cls, value: str, info: ValidationInfo) -> str:
+        """A known method, with exactly the encoders it needs (reported at ``method``)."""
+        check_name(value, METHODS, "method")
+        encoder, encoders = info.data.get("encoder"), info.data.get("encoders")
+        if encoder is not None and encoders is not None:
+            raise ValueError("give either 'encoder' or 'encoders', not both")
+        targets = encoders if encoders is not None else [encoder] if encoder is not None else []
+        if len(set(targets)) != len(targets):
+            raise ValueError(f"encoders contains duplicates: {targets}")
+        uses_encoder = METHODS.get(value).uses_encoder
+        if uses_encoder and not targets:
             raise ValueError(
-                f"unknown method {value!r}{did_you_mean(value, METHODS)}; "
-                f"allowed: {format_allowed(METHODS)}"
+                f"method {value!r} aligns to an encoder: set 'encoder' (a catalogue name) "
+                "or 'encoders' (a list)"
+            )
+        if not uses_encoder and targets:
+            raise ValueError(
+                f"method {value!r} uses no encoder, but encoder(s) {targets} were given; "
+                "remove them or choose method repa/irepa"
             )
         return value
 
     @field_validator("model")
     @classmethod
     def _resolve_model(cls, model: ModelConfig, info: ValidationInfo) -> ModelConfig:
-        """Fill input_size / in_channels / num_classes from the data config."""
+        """Fill input_size / in_channels / num_classes from the data config, then check that
+        the input fits the VAE and the patch size."""
         data = info.data.get("data")
         if not isinstance(data, DataConfig):
             return model  # the data section is invalid; its own error is reported
         latent = model.space == "latent"
+        if latent and data.resolution % VAE_DOWNSAMPLE:
+            raise ValueError(
+                f"latent space needs data.resolution divisible by {VAE_DOWNSAMPLE}, "
+                f"got {data.resolution}"
+            )
         updates: dict[str, Any] = {}
         if model.input_size is None:
             updates["input_size"] = data.resolution // VAE_DOWNSAMPLE if latent else data.resolution
@@ -73,64 +92,35 @@ class RunConfig(Config):
             updates["in_channels"] = LATENT_CHANNELS if latent else 3
         if model.num_classes is None:
             updates["num_classes"] = data.num_classes
-        return model.model_copy(update=updates) if updates else model
+        model = model.model_copy(update=updates) if updates else model
+        patch = model.arch.patch
+        if (model.input_size or 0) % patch:
+            raise ValueError(
+                f"input size {model.input_size} is not divisible by the patch size {patch} of "
+                f"{model.name}; choose another patch (/2, /4, /8) or resolution"
+            )
+        if data.source == "generated" and (model.num_classes or 0) < data.num_classes:
+            raise ValueError(
+                f"num_classes ({model.num_classes}) < data.num_classes ({data.num_classes})"
+            )
+        return model
 
     @field_validator("align")
     @classmethod
     def _resolve_align(cls, align: AlignConfig, info: ValidationInfo) -> AlignConfig:
-        """Fill ``None`` alignment fields from the method registry and the SiT preset."""
+        """Fill ``None`` alignment fields from the method registry and the SiT preset; the
+        alignment depth must lie inside the SiT."""
         method, model = info.data.get("method"), info.data.get("model")
         if not isinstance(method, str) or not isinstance(model, ModelConfig):
             return align  # reported by the method / model validators
-        return align.resolved(method, model.arch.align_depth)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> RunConfig:
-        self._check()
-        return self
-
-    def _check(self) -> None:
-        spec = METHODS.get(self.method)
-        arch = self.model.arch
-        targets = self.targets
-        if spec.uses_encoder and not targets:
+        align = align.resolved(method, model.arch.align_depth)
+        depth, blocks = align.encoder_depth or 0, model.arch.depth
+        if METHODS.get(method).uses_encoder and depth >= blocks:
             raise ValueError(
-                f"method {self.method!r} aligns to an encoder: set 'encoder' (a catalogue name) "
-                "or 'encoders' (a list)"
+                f"encoder_depth = {depth} is beyond {model.name} ({blocks} blocks); "
+                f"allowed: 1..{blocks - 1}"
             )
-        if not spec.uses_encoder and targets:
-            raise ValueError(
-                f"method {self.method!r} uses no encoder, but encoder(s) {targets} were given; "
-                "remove them or choose method repa/irepa"
-            )
-        if self.encoder is not None and self.encoders is not None:
-            raise ValueError("give either 'encoder' or 'encoders', not both")
-        if self.encoders is not None and len(set(self.encoders)) != len(self.encoders):
-            raise ValueError(f"encoders contains duplicates: {self.encoders}")
-        depth = self.align.encoder_depth
-        if spec.uses_encoder and depth is not None and depth >= arch.depth:
-            raise ValueError(
-                f"align.encoder_depth = {depth} is beyond {self.model.name} "
-                f"({arch.depth} blocks); allowed: 1..{arch.depth - 1}"
-            )
-        if self.model.space == "latent" and self.data.resolution % VAE_DOWNSAMPLE:
-            raise ValueError(
-                f"latent space needs data.resolution divisible by {VAE_DOWNSAMPLE}, "
-                f"got {self.data.resolution}"
-            )
-        if self.model.input_size % arch.patch:
-            raise ValueError(
-                f"model.input_size {self.model.input_size} is not divisible by the patch size "
-                f"{arch.patch} of {self.model.name}; choose another patch (/2, /4, /8) or resolution"
-            )
-        if self.model.num_classes < self.data.num_classes and self.data.source == "generated":
-            raise ValueError(
-                f"model.num_classes ({self.model.num_classes}) < data.num_classes "
-                f"({self.data.num_classes})"
-            )
-        projector = PROJECTOR_KINDS.get(self.align.projector or "mlp")
-        if spec.uses_encoder and projector.spatial and self.model.grid[0] != self.model.grid[1]:
-            raise ValueError(f"projector {self.align.projector!r} needs a square token grid")
+        return align
 
     @property
     def targets(self) -> list[str]:

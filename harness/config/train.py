@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from harness.config.base import Config
-from harness.errors import did_you_mean, format_allowed
+from harness.config.model import check_name
 from harness.registry import Registry
 
 
@@ -83,15 +83,6 @@ PROJECTOR_KINDS.register(
 ALIGN_LOSS_NAMES = ("cosine",)  # implemented in harness.train.align.ALIGN_LOSSES
 
 
-def _check_name(value: str | None, registry: Registry, what: str) -> str | None:
-    if value is not None and value not in registry:
-        raise ValueError(
-            f"unknown {what} {value!r}{did_you_mean(value, registry)}; "
-            f"allowed: {format_allowed(registry)}"
-        )
-    return value
-
-
 class AlignConfig(Config):
     """Representation alignment. ``None`` = the method's default (see ``METHODS``); the run config
     records the resolved values."""
@@ -110,7 +101,7 @@ class AlignConfig(Config):
     @field_validator("projector")
     @classmethod
     def _known_projector(cls, value: str | None) -> str | None:
-        return _check_name(value, PROJECTOR_KINDS, "projector")
+        return check_name(value, PROJECTOR_KINDS, "projector")
 
     @field_validator("kernel_size")
     @classmethod
@@ -122,12 +113,7 @@ class AlignConfig(Config):
     @field_validator("loss")
     @classmethod
     def _known_loss(cls, value: str | None) -> str | None:
-        if value is not None and value not in ALIGN_LOSS_NAMES:
-            raise ValueError(
-                f"unknown alignment loss {value!r}{did_you_mean(value, ALIGN_LOSS_NAMES)}; "
-                f"allowed: {format_allowed(ALIGN_LOSS_NAMES)}"
-            )
-        return value
+        return check_name(value, ALIGN_LOSS_NAMES, "alignment loss")
 
     def resolved(self, method: str, default_depth: int) -> AlignConfig:
         """A copy with every ``None`` replaced by the method's default."""

@@ -62,6 +62,13 @@ class ExtractorInfo:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_file(
+        cls, name: str, path: Path, *, substitute: bool, fid_layer: str, isc_layer: str | None
+    ) -> ExtractorInfo:
+        """An extractor whose weights are the file ``path`` (hashed; registry name = ``name``)."""
+        return cls(name, name, file_hash(path), str(path), substitute, fid_layer, isc_layer)
+
 
 # ---------------------------------------------------------------------------------------------
 # Resolution: name + options -> ExtractorInfo (checks weights before any work)
@@ -124,14 +131,8 @@ def _resolve_inception(name: str, weights_path: str | None, random_weights: bool
     if random_weights:
         return _random_info(name, "2048", "logits_unbiased")
     path = inception_weights_path(weights_path)
-    return ExtractorInfo(
-        name=name,
-        fidelity_name=name,
-        weights=file_hash(path),
-        weights_path=str(path),
-        substitute=False,
-        fid_layer="2048",
-        isc_layer="logits_unbiased",
+    return ExtractorInfo.from_file(
+        name, path, substitute=False, fid_layer="2048", isc_layer="logits_unbiased"
     )
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from harness.config.data import DataConfig
 from harness.config.eval import SubstituteConfig
 from harness.errors import DataError, WeightsError
-from harness.io import atomic_write, content_hash, file_hash
+from harness.io import atomic_write, content_hash
 from harness.logs import event, get_logger
 from harness.paths import cache_dir
 from harness.progress import progress
@@ -57,14 +57,8 @@ def substitute_info(path: Path, *, fid_layer: str | None = None) -> ExtractorInf
         )
     name = PREFIX + path.stem
     register_substitute(name)
-    info = ExtractorInfo(
-        name=name,
-        fidelity_name=name,
-        weights=file_hash(path),
-        weights_path=str(path),
-        substitute=True,
-        fid_layer="feat",
-        isc_layer="logits",
+    info = ExtractorInfo.from_file(
+        name, path, substitute=True, fid_layer="feat", isc_layer="logits"
     )
     return with_feature_layer(info, fid_layer)
 

@@ -307,15 +307,26 @@ def latest_version() -> int:
     return migrations()[-1].version
 
 
-def schema_version(con: duckdb.DuckDBPyConnection) -> int:
-    """The schema version of an open database (0 for an empty one)."""
+def applied_migrations(con: duckdb.DuckDBPyConnection) -> dict[int, str]:
+    """``{version: sha256}`` of the migrations applied to an open database (empty if none)."""
     (exists,) = con.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
     ).fetchall()[0]
     if not exists:
-        return 0
-    (version,) = con.execute("SELECT max(version) FROM schema_version").fetchall()[0]
-    return 0 if version is None else int(version)
+        return {}
+    return dict(con.execute("SELECT version, sha256 FROM schema_version").fetchall())
+
+
+def schema_version(con: duckdb.DuckDBPyConnection) -> int:
+    """The schema version of an open database (0 for an empty one)."""
+    return max(applied_migrations(con), default=0)
+
+
+def schema_changed(con: duckdb.DuckDBPyConnection) -> bool:
+    """True when a migration the database applied differs from the shipped file of that
+    number (a schema edited during development): only a rebuild gives the shipped schema."""
+    shipped = {m.version: m.sha256 for m in migrations()}
+    return any(shipped.get(v, sha) != sha for v, sha in applied_migrations(con).items())
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> list[int]:
@@ -338,9 +349,14 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[int]:
 
 
 def check_schema(con: duckdb.DuckDBPyConnection) -> None:
-    """Raise a StoreError unless the database has exactly this harness's schema version."""
+    """Raise a StoreError unless the database has exactly this harness's schema."""
     current = schema_version(con)
     _check_not_newer(current)
+    if schema_changed(con):
+        raise StoreError(
+            f"the results database was built with an earlier edit of schema v{current}",
+            hint="run `harness ingest`: it rebuilds the database from the artifacts",
+        )
     if current < latest_version():
         raise StoreError(
             f"the results database has schema v{current}; this harness reads v{latest_version()}",

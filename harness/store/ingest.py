@@ -46,6 +46,7 @@ from harness.store.db import (
     ingest_lock,
     latest_version,
     migrate,
+    schema_changed,
     schema_version,
     storage_mode,
     wal_path,
@@ -192,11 +193,17 @@ def _ingest_existing(
     con = connect_readonly(db, wait=wait)
     try:
         version = schema_version(con)
-        changes = _diff(found, _known(con) if version else {})
-        if changes.empty and version == latest_version():
-            return _report(con, db, "noop", found, Counter(), 0)
+        if schema_changed(con):  # an edited schema: only a rebuild gives the shipped one
+            changes = None
+        else:
+            changes = _diff(found, _known(con) if version else {})
+            if changes.empty and version == latest_version():
+                return _report(con, db, "noop", found, Counter(), 0)
     finally:
         con.close()
+    if changes is None:
+        everything = _Changes(list(found.values()), [], {})
+        return _build_and_publish(root, db, found, everything, "rebuild")
     if storage_mode(db) == "snapshot":
         return _build_and_publish(root, db, found, changes, "snapshot", start_from=db)
     con = connect_readwrite(db, wait=wait)

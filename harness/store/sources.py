@@ -267,6 +267,7 @@ def parse_jobs(source: SourceFile, root: Path) -> list[dict[str, Any]]:
             "executor": _text(line.get("executor")),
             "submitted_at": _number(line.get("submitted_at")),
             "state": _text(line.get("state")),
+            "log": _text(line.get("log")),
         }
     return list(rows.values())
 

@@ -84,33 +84,53 @@ def _peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
 
 
-def bench_run_config(
+def bench_setup(
     *,
     model: str,
     method: str,
     encoder: str | None,
+    catalogue: str | None,
     batch: int,
     precision: str,
     compile: bool,
     resolution: int,
     space: str,
     num_workers: int,
-) -> RunConfig:
-    """The RunConfig a benchmark trains (random encoder weights; nothing is saved)."""
-    return RunConfig(
-        data=DataConfig(resolution=resolution, num_classes=10, train_images=max(2 * batch, 16)),
-        encoder=encoder,
-        method=method,
-        model=ModelConfig(name=model, space=space, num_classes=1000),
-        train=TrainConfig(
-            steps=10**9,
-            global_batch=batch,
-            precision=precision,
-            compile=compile,
-            num_workers=num_workers,
-        ),
-        random_weights=True,
-    )
+) -> tuple[RunConfig, Any, list[Any] | None]:
+    """The run a benchmark trains (random encoder weights; nothing is saved), the encoder
+    catalogue and prebuilt targets. ``encoder``: a catalogue name, ``"toy"`` (a built-in
+    768-wide target, :mod:`harness.train.toys`) or None (method none).
+
+    Raises:
+        ConfigError: invalid settings, or a catalogue encoder without ``catalogue``.
+    """
+    from harness.config import load_config
+    from harness.errors import ConfigError
+
+    try:
+        run = RunConfig(
+            data=DataConfig(resolution=resolution, num_classes=10, train_images=max(2 * batch, 16)),
+            encoder=encoder,
+            method=method if encoder else "none",
+            model=ModelConfig(name=model, space=space, num_classes=1000),
+            train=TrainConfig(
+                steps=10**9,
+                global_batch=batch,
+                precision=precision,
+                compile=compile,
+                num_workers=num_workers,
+            ),
+            random_weights=True,
+        )
+    except ValueError as exc:  # pydantic.ValidationError is a ValueError
+        raise ConfigError(f"benchmark settings: {exc}") from None
+    if encoder == "toy":
+        from harness.train.toys import PatchEncoder
+
+        return run, None, [PatchEncoder(run.model.grid, dim=768)]
+    if encoder and not catalogue:
+        raise ConfigError(f"encoder {encoder!r}: pass the catalogue (encoders.yaml) or use 'toy'")
+    return run, load_config(catalogue, kind="catalogue") if encoder else None, None
 
 
 def bench_train(

@@ -137,7 +137,8 @@ def load_for_sampling(
     Args:
         ckpt_path: a ``step_*.pt`` file.
         device: where to put the model.
-        expect_model: when given, the checkpoint must have been trained with this model config.
+        expect_model: when given, the checkpoint's model config must agree with every field of
+            it that is set (``None`` fields, e.g. an unresolved input size, are not compared).
 
     Raises:
         ArtifactError: missing/corrupt file, another model config, or weights that do not fit.
@@ -146,11 +147,16 @@ def load_for_sampling(
 
     state = load_checkpoint(ckpt_path, map_location="cpu")
     run = run_from_checkpoint(state, ckpt_path)
-    if expect_model is not None and expect_model != run.model:
-        raise ArtifactError(
-            f"checkpoint {ckpt_path} was trained with model {run.model.to_dict()}, "
-            f"not {expect_model.to_dict()}"
-        )
+    if expect_model is not None:
+        stored = run.model.to_dict()
+        wrong = {
+            k: v for k, v in expect_model.to_dict().items() if v is not None and stored[k] != v
+        }
+        if wrong:
+            raise ArtifactError(
+                f"checkpoint {ckpt_path} was trained with model {stored}, which differs in "
+                f"{sorted(wrong)} from the expected {expect_model.to_dict()}"
+            )
     model = SiT.from_config(run.model)
     try:
         model.load_state_dict(state["ema"])

@@ -95,6 +95,7 @@ CREATE TABLE submissions (
     executor VARCHAR,              -- slurm | local | debug
     submitted_at DOUBLE,           -- submission time
     state VARCHAR,                 -- state recorded by the sweep engine, if any
+    log VARCHAR,                   -- the job's log file
     PRIMARY KEY (sweep, stage_key, attempt)
 );
 
@@ -138,6 +139,7 @@ CREATE TABLE stages (
     est_gpu_hours DOUBLE,          -- planner's estimate
     error VARCHAR,                 -- failure message
     log_tail VARCHAR,              -- last log lines of a failure
+    job_log VARCHAR,               -- log file of the latest job
     path VARCHAR                   -- artifact directory relative to the results root
 );
 

@@ -50,6 +50,7 @@ SELECT c.stage_key AS key,
        p.est_gpu_hours,
        CASE WHEN c.state = 'done' THEN NULL ELSE coalesce(s.error, r.error) END AS error,
        CASE WHEN c.state = 'done' THEN NULL ELSE s.log_tail END AS log_tail,
+       b.log AS job_log,
        coalesce(r.path, 'stages/' || coalesce(s.stage, p.stage) || '/' || c.stage_key) AS path
 FROM current_state c
 LEFT JOIN results r USING (stage_key)
