@@ -141,7 +141,7 @@ def test_projector_registries_agree() -> None:
         ),
         (
             "method: repa\nencoder: e\nalign: {encoder_depth: 12}\n",
-            "run.yaml:3: align: encoder_depth = 12 is beyond SiT-B/2 (12 blocks)",
+            "run.yaml:3: align.encoder_depth: 12 is beyond SiT-B/2 (12 blocks)",
         ),
         ("method: repa\n", "run.yaml:1: method: method 'repa' aligns to an encoder"),
         ("method: none\nencoder: e\n", "uses no encoder"),

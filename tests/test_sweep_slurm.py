@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -25,7 +27,7 @@ from harness.cli import main
 from harness.config.encoders import load_catalogue
 from harness.config.sweep import load_sweep
 from harness.io import read_jsonl
-from harness.launch.jobs import JobPoller, load_submissions
+from harness.launch.jobs import JobPoller, load_submissions, read_state
 from harness.launch.submit import decide, plan_statuses
 from harness.paths import stage_dir
 from harness.plan import build_plan
@@ -36,8 +38,9 @@ REPO = Path(__file__).resolve().parents[1]
 CATALOGUE = str(REPO / "encoders.yaml")
 TINY = str(REPO / "sweeps" / "tiny.yaml")
 # a single baseline training run that lasts long enough to be signalled
-LONG_TRAIN = ["--set", "methods=[]", "--set", "train.steps=500", "--set", "train.ckpt_every=50",
-              "--set", "eval.at_steps=[500]", "--only", "train"]  # fmt: skip
+STEPS = 400
+LONG_TRAIN = ["--set", "methods=[]", "--set", f"train.steps={STEPS}", "--set", "train.ckpt_every=50",
+              "--set", f"eval.at_steps=[{STEPS}]", "--only", "train"]  # fmt: skip
 DEADLINE_S = 240
 
 
@@ -58,6 +61,10 @@ def wait_for(condition, what: str, timeout: float = DEADLINE_S, every: float = 0
             return value
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def run(command: list[str]) -> None:
+    subprocess.run(command, check=True, capture_output=True)
 
 
 def squeue_ids() -> set[str]:
@@ -159,40 +166,47 @@ def _assert_resumed_to_the_end(out_dir: Path, steps: int) -> None:
 
 def test_preemption_requeues_and_resumes_from_checkpoint(slurm_cluster, tmp_path):
     root = tmp_path / "results"
-    assert harness(root, *sweep_args(*LONG_TRAIN, "--set", "seeds=[1, 2, 3]")) == 0
+    seeds = ["--set", "seeds=[1, 2, 3, 4]"]
+    assert harness(root, *sweep_args(*LONG_TRAIN, *seeds)) == 0
     runs = _train_dirs(root)
+
+    def sigkill_task(job_id: str, out_dir: Path) -> None:  # what the OOM killer does
+        os.kill(int(read_state(out_dir)["pid"]), signal.SIGKILL)
+
     signals = {
-        1: ["scancel", "--signal=USR2"],  # submitit preemption signal: checkpoint + requeue
-        2: ["scontrol", "requeue"],  # the scheduler requeues (SIGTERM): save, SLURM restarts
-        3: ["scancel", "--signal=KILL"],  # no chance to save: the stage is failed
+        1: lambda job, _: run(["scancel", "--signal=USR2", job]),  # preemption notice
+        2: lambda job, _: run(["scontrol", "requeue", job]),  # the scheduler requeues (SIGTERM)
+        3: lambda job, _: run(["scancel", "--signal=KILL", job]),  # a cancel: SIGTERM, then KILL
+        4: sigkill_task,  # no warning at all: the job cannot say anything
     }
-    for seed, command in signals.items():
+    for seed, send in signals.items():
         out_dir, job_id = runs[seed]
-        wait_for(lambda d=out_dir: len(_logged_steps(d)) >= 60, f"seed {seed} to train a while")
-        subprocess.run([*command, job_id], check=True)
-    _assert_resumed_to_the_end(runs[1][0], 500)
-    _assert_resumed_to_the_end(runs[2][0], 500)
+        wait_for(lambda d=out_dir: len(_logged_steps(d)) >= 40, f"seed {seed} to train a while")
+        send(job_id, out_dir)
+    _assert_resumed_to_the_end(runs[1][0], STEPS)
+    _assert_resumed_to_the_end(runs[2][0], STEPS)
     assert read_result(runs[1][0])["provenance"]["slurm_restart_count"] not in (None, "0")
 
-    killed_dir, killed_job = runs[3]
-    wait_for(lambda: killed_job not in squeue_ids(), "the killed job to leave the queue")
+    for seed in (3, 4):
+        wait_for(lambda j=runs[seed][1]: j not in squeue_ids(), f"seed {seed} to leave the queue")
     plan = build_plan(
         load_catalogue(CATALOGUE),
-        load_sweep(TINY, ["methods=[]", "train.steps=500", "train.ckpt_every=50",
-                          "eval.at_steps=[500]", "seeds=[1, 2, 3]"]),
+        load_sweep(TINY, ["methods=[]", f"train.steps={STEPS}", "train.ckpt_every=50",
+                          f"eval.at_steps=[{STEPS}]", "seeds=[1, 2, 3, 4]"]),
     )  # fmt: skip
     states = plan_statuses(plan, root, JobPoller())
-    assert states[killed_dir.name].state == "failed"
-    assert "ended while running" in states[killed_dir.name].detail
+    cancelled, killed = states[runs[3][0].name], states[runs[4][0].name]
+    assert cancelled.state in ("interrupted", "failed")  # SIGTERM came first: it saved
+    assert killed.state == "failed" and "ended while running" in killed.detail
     submitted = len(rows(root))
-    assert harness(root, *sweep_args(*LONG_TRAIN, "--set", "seeds=[1, 2, 3]")) == 0
-    assert len(rows(root)) == submitted  # a failed stage is not resubmitted by default
-    assert (
-        harness(root, *sweep_args(*LONG_TRAIN, "--set", "seeds=[1, 2, 3]", "--retry-failed")) == 0
-    )
-    assert len(rows(root)) == submitted + 1
-    assert rows(root)[-1]["attempt"] == 2
-    _assert_resumed_to_the_end(killed_dir, 500)
+    assert harness(root, *sweep_args(*LONG_TRAIN, *seeds)) == 0
+    assert len(rows(root)) == submitted  # failed stages are not resubmitted by default
+    assert read_state(runs[4][0])["state"] == "failed"  # the engine recorded the silent death
+    assert harness(root, *sweep_args(*LONG_TRAIN, *seeds, "--retry-failed")) == 0
+    assert len(rows(root)) == submitted + 2
+    assert {r["attempt"] for r in rows(root)[-2:]} == {2}
+    _assert_resumed_to_the_end(runs[3][0], STEPS)
+    _assert_resumed_to_the_end(runs[4][0], STEPS)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -116,8 +116,8 @@ class RunConfig(Config):
         align = align.resolved(method, model.arch.align_depth)
         depth, blocks = align.encoder_depth or 0, model.arch.depth
         if METHODS.get(method).uses_encoder and depth >= blocks:
-            raise ValueError(
-                f"encoder_depth = {depth} is beyond {model.name} ({blocks} blocks); "
+            raise ValueError(  # "@key: " names the key for the loader's file:line report
+                f"@encoder_depth: {depth} is beyond {model.name} ({blocks} blocks); "
                 f"allowed: 1..{blocks - 1}"
             )
         return align

@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -74,9 +75,13 @@ def write_state(
     started_at: float | None = None,
     error: str | None = None,
     log_tail: str | None = None,
+    where: tuple[str | None, int | None] | None = None,
 ) -> None:
-    """Record a running / failed / interrupted stage (atomic; ``result.json`` supersedes it)."""
+    """Record a running / failed / interrupted stage (atomic; ``result.json`` supersedes it).
+    ``host`` and ``pid`` say where the job's lead task runs (default: this process; ``where``
+    keeps another's)."""
     now = time.time()
+    host, pid = where if where is not None else (socket.gethostname(), os.getpid())
     write_json(
         out_dir / STATE_FILE,
         {
@@ -86,6 +91,8 @@ def write_state(
             "updated_at": now,
             "error": error,
             "log_tail": log_tail,
+            "host": host,
+            "pid": pid,
         },
     )
 
@@ -361,13 +368,16 @@ def record_vanished(root: Path, current: Mapping[str, StageStatus]) -> int:
         if not status.vanished:
             continue
         log_path = (submissions.get(status.key) or {}).get("log")
+        out_dir = stage_dir(root, status.stage, status.key)
+        previous = read_state(out_dir) or {}
         write_state(
-            stage_dir(root, status.stage, status.key),
+            out_dir,
             "failed",
             job_id=status.job_id,
             started_at=status.started_at,
             error=status.detail,
             log_tail=_tail_file(log_path.replace("_log.out", "_log.err")) if log_path else None,
+            where=(previous.get("host"), previous.get("pid")),
         )
         count += 1
     return count
