@@ -137,7 +137,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=0, help="timed images per case (0: auto)")
     parser.add_argument("--stream-images", type=int, default=50_000)
     parser.add_argument("--stream-batch", type=int, default=256)
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench" / "bench_spatial.json")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "results" / "bench" / "bench_spatial.json"
+    )
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -202,14 +204,23 @@ def main() -> None:
             f"(target < 2048 MB)"
         )
     load = os.getloadavg()
-    print(f"load average during the run: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} "
-          f"on {os.cpu_count()} cores (other processes share this machine)")
+    print(
+        f"load average during the run: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} "
+        f"on {os.cpu_count()} cores (other processes share this machine)"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(ROOT))
     from harness.io import write_json
 
-    write_json(args.out, {"cases": rows, "stream": stream, "load_average": load,
-                          "threads": os.environ.get("OMP_NUM_THREADS", "1")})
+    write_json(
+        args.out,
+        {
+            "cases": rows,
+            "stream": stream,
+            "load_average": load,
+            "threads": os.environ.get("OMP_NUM_THREADS", "1"),
+        },
+    )
     print(f"wrote {args.out}")
 
 

@@ -63,23 +63,29 @@ def dense_spatial_metrics(
             pos = fg[:, None] & fg[None, :] & pos_ring
             neg = fg[:, None] & bg[None, :] & neg_ring
             n_pos, n_neg = pos.sum(1), neg.sum(1)
-            anchor = (cos[b] * pos).sum(1) / n_pos.clamp(min=1) - (cos[b] * neg).sum(1) / n_neg.clamp(
-                min=1
-            )
+            anchor = (cos[b] * pos).sum(1) / n_pos.clamp(min=1) - (cos[b] * neg).sum(
+                1
+            ) / n_neg.clamp(min=1)
             valid = fg & (n_pos > 0) & (n_neg > 0)
             ok = fg.sum() >= max(srss_min_fg, 1) and bg.sum() >= max(srss_min_bg, 1)
-            values.append(anchor[valid].mean() if ok and valid.any() else torch.tensor(math.nan, dtype=dtype))
+            values.append(
+                anchor[valid].mean() if ok and valid.any() else torch.tensor(math.nan, dtype=dtype)
+            )
         out["srss"] = torch.stack(values)
     return out
 
 
-def smooth_field(batch: int, h: int, w: int, dim: int, seed: int = 0, scale: float = 4.0) -> torch.Tensor:
+def smooth_field(
+    batch: int, h: int, w: int, dim: int, seed: int = 0, scale: float = 4.0
+) -> torch.Tensor:
     """Tokens that vary slowly across the grid: random low-frequency sinusoids per channel."""
     gen = torch.Generator().manual_seed(seed)
     ys, xs = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
     freq = torch.rand(batch, 1, 1, dim, 2, generator=gen) / scale
     phase = torch.rand(batch, 1, 1, dim, generator=gen) * 2 * math.pi
-    field = torch.sin(freq[..., 0] * ys[None, :, :, None] + freq[..., 1] * xs[None, :, :, None] + phase)
+    field = torch.sin(
+        freq[..., 0] * ys[None, :, :, None] + freq[..., 1] * xs[None, :, :, None] + phase
+    )
     return (field + 0.3).reshape(batch, h * w, dim)
 
 
@@ -127,7 +133,9 @@ def test_matches_dense_with_wide_features_and_float32_reference() -> None:
     masks = random_masks(4, 16, 16, seed=1)
     ours = spatial_metrics(feats, (16, 16), masks)
     assert_matches(ours, dense_spatial_metrics(feats, (16, 16), masks))
-    assert_matches(ours, dense_spatial_metrics(feats, (16, 16), masks, dtype=torch.float32), atol=1e-5)
+    assert_matches(
+        ours, dense_spatial_metrics(feats, (16, 16), masks, dtype=torch.float32), atol=1e-5
+    )
 
 
 @pytest.mark.parametrize(
@@ -209,7 +217,10 @@ def test_lds_of_a_known_two_region_image() -> None:
     [
         ({"features": torch.randn(2, 50, 8)}, "not a square"),
         ({"features": torch.randn(2, 64, 8), "grid": (4, 8)}, "does not match"),
-        ({"features": torch.randn(2, 64, 8), "masks": torch.ones(2, 63, dtype=torch.bool)}, "masks"),
+        (
+            {"features": torch.randn(2, 64, 8), "masks": torch.ones(2, 63, dtype=torch.bool)},
+            "masks",
+        ),
         ({"features": torch.randn(64, 8)}, r"\(B, T, D\)"),
         ({"features": torch.randn(2, 64, 8), "far_dst": 3}, "did you mean 'far_dist'"),
         ({"features": torch.randn(2, 64, 8), "srss_neg_dist": 1}, "srss_neg_dist"),

@@ -39,7 +39,7 @@ CATALOGUE = str(REPO / "encoders.yaml")
 TINY = str(REPO / "sweeps" / "tiny.yaml")
 # a single baseline training run that lasts long enough to be signalled
 STEPS = 400
-LONG_TRAIN = ["--set", "methods=[]", "--set", f"train.steps={STEPS}", "--set", "train.ckpt_every=50",
+LONG_TRAIN = ["--set", "methods=[]", "--set", f"train.steps={STEPS}", "--set", "train.ckpt_every=25",
               "--set", f"eval.at_steps=[{STEPS}]", "--only", "train"]  # fmt: skip
 DEADLINE_S = 240
 
@@ -63,8 +63,13 @@ def wait_for(condition, what: str, timeout: float = DEADLINE_S, every: float = 0
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+SENT: list[subprocess.Popen] = []
+
+
 def run(command: list[str]) -> None:
-    subprocess.run(command, check=True, capture_output=True)
+    """Send a scheduler command without waiting: while a sibling array task is being requeued,
+    slurmctld answers "try again later" and scancel retries for up to half a minute."""
+    SENT.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
 
 def squeue_ids() -> set[str]:
@@ -75,6 +80,15 @@ def squeue_ids() -> set[str]:
 def rows(root: Path, sweep: str = "tiny") -> list[dict]:
     path = root / "plans" / sweep / "jobs.jsonl"
     return read_jsonl(path) if path.exists() else []
+
+
+@pytest.fixture
+def root(slurm_cluster, tmp_path):
+    """A results root whose jobs are cancelled after the test, whatever its outcome."""
+    path = tmp_path / "results"
+    yield path
+    if (path / "plans").is_dir():
+        main(["--results", str(path), "cancel"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,8 +178,7 @@ def _assert_resumed_to_the_end(out_dir: Path, steps: int) -> None:
     assert resumed and 0 < resumed[-1] < steps  # resumed from a checkpoint, not from scratch
 
 
-def test_preemption_requeues_and_resumes_from_checkpoint(slurm_cluster, tmp_path):
-    root = tmp_path / "results"
+def test_preemption_requeues_and_resumes_from_checkpoint(root):
     seeds = ["--set", "seeds=[1, 2, 3, 4]"]
     assert harness(root, *sweep_args(*LONG_TRAIN, *seeds)) == 0
     runs = _train_dirs(root)
@@ -179,10 +192,15 @@ def test_preemption_requeues_and_resumes_from_checkpoint(slurm_cluster, tmp_path
         3: lambda job, _: run(["scancel", "--signal=KILL", job]),  # a cancel: SIGTERM, then KILL
         4: sigkill_task,  # no warning at all: the job cannot say anything
     }
-    for seed, send in signals.items():
-        out_dir, job_id = runs[seed]
-        wait_for(lambda d=out_dir: len(_logged_steps(d)) >= 40, f"seed {seed} to train a while")
-        send(job_id, out_dir)
+    pending = dict(signals)
+
+    def signal_those_training() -> bool:  # each run is signalled once it has trained a while
+        for seed in [s for s in pending if len(_logged_steps(runs[s][0])) >= 40]:
+            out_dir, job_id = runs[seed]
+            pending.pop(seed)(job_id, out_dir)
+        return not pending
+
+    wait_for(signal_those_training, "every run to train a while", every=0.2)
     _assert_resumed_to_the_end(runs[1][0], STEPS)
     _assert_resumed_to_the_end(runs[2][0], STEPS)
     assert read_result(runs[1][0])["provenance"]["slurm_restart_count"] not in (None, "0")
@@ -191,7 +209,7 @@ def test_preemption_requeues_and_resumes_from_checkpoint(slurm_cluster, tmp_path
         wait_for(lambda j=runs[seed][1]: j not in squeue_ids(), f"seed {seed} to leave the queue")
     plan = build_plan(
         load_catalogue(CATALOGUE),
-        load_sweep(TINY, ["methods=[]", f"train.steps={STEPS}", "train.ckpt_every=50",
+        load_sweep(TINY, ["methods=[]", f"train.steps={STEPS}", "train.ckpt_every=25",
                           f"eval.at_steps=[{STEPS}]", "seeds=[1, 2, 3, 4]"]),
     )  # fmt: skip
     states = plan_statuses(plan, root, JobPoller())
@@ -207,13 +225,13 @@ def test_preemption_requeues_and_resumes_from_checkpoint(slurm_cluster, tmp_path
     assert {r["attempt"] for r in rows(root)[-2:]} == {2}
     _assert_resumed_to_the_end(runs[3][0], STEPS)
     _assert_resumed_to_the_end(runs[4][0], STEPS)
+    assert [p.wait(timeout=60) for p in SENT] == [0] * len(SENT)
 
 
 # ---------------------------------------------------------------------------------------------
 # Bad input and cancel
 # ---------------------------------------------------------------------------------------------
-def test_rejected_resources_submit_nothing_and_keep_the_plan(slurm_cluster, tmp_path, capsys):
-    root = tmp_path / "results"
+def test_rejected_resources_submit_nothing_and_keep_the_plan(root, capsys):
     assert harness(root, *sweep_args("--hold", "--only", "spatial")) == 0
     plan_file = root / "plans" / "tiny" / "plan.json"
     saved, jobs_before = plan_file.read_bytes(), rows(root)
@@ -234,11 +252,9 @@ def test_rejected_resources_submit_nothing_and_keep_the_plan(slurm_cluster, tmp_
     ):
         assert harness(root, *sweep_args(*args)) == 2, args
     assert plan_file.read_bytes() == saved and rows(root) == jobs_before
-    assert harness(root, "cancel", "--sweep", "tiny") == 0
 
 
-def test_cancel_removes_queued_jobs(slurm_cluster, tmp_path, capsys):
-    root = tmp_path / "results"
+def test_cancel_removes_queued_jobs(root, capsys):
     assert harness(root, *sweep_args("--hold")) == 0
     mine = {r["job_id"] for r in rows(root)}
     assert mine and mine <= squeue_ids()

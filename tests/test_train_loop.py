@@ -294,3 +294,42 @@ def test_cli_bench_train_prints_table_and_writes_numbers(
     assert numbers["images_per_s"] > 0 and numbers["mfu"] is None  # CPU: no peak
     assert numbers["gflops_per_image"]["encoder_fwd"] > 0
     assert cli_main([*args[:3], "SiT-Q/2", *args[4:]]) == 2  # unknown preset
+
+
+def test_cli_irepa_with_catalogue_encoders(tmp_path: Path) -> None:
+    """REPA/iREPA through the real encoder stack: a random-init timm ViT-S and builtin HOG as two
+    targets (catalogue entries of encoders.yaml, random weights, nothing downloaded)."""
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "method: irepa\n"
+        "encoders: [vit-s-random, hog]\n"
+        "random_weights: true\n"
+        "data: {resolution: 16, num_classes: 4, train_images: 32}\n"
+        "model: {name: SiT-T/2, space: pixel}\n"
+        "align: {projector_dim: 32}\n"
+        "train: {steps: 2, global_batch: 4, precision: fp32, num_workers: 0}\n"
+    )
+    out = tmp_path / "out"
+    catalogue = Path(__file__).resolve().parents[1] / "encoders.yaml"
+    args = [
+        "train",
+        str(config),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--catalogue",
+        str(catalogue),
+    ]
+    assert cli_main(args) == 0
+    record = read_result(out)
+    assert record["payload"]["encoder"] == "vit-s-random+hog"
+    assert record["config"]["align"]["projector"] == "conv"
+    rows = read_jsonl(out / "train_log.jsonl")
+    assert len(rows) == 2 and all(-1 <= r["align_cos"] <= 1 for r in rows)
+    state = load_checkpoint(out / "checkpoints" / "step_0000002.pt")
+    shapes = {k: tuple(v.shape) for k, v in state["align"].items() if k.endswith("conv.weight")}
+    assert shapes == {
+        "projectors.0.conv.weight": (384, 64, 3, 3),
+        "projectors.1.conv.weight": (36, 64, 3, 3),
+    }

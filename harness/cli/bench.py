@@ -18,6 +18,7 @@ import argparse
 from pathlib import Path
 
 from harness.cli import Command
+from harness.cli.train import add_device_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,9 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resolution", type=int, default=256, help="image side (default 256)")
     parser.add_argument("--space", choices=["latent", "pixel"], default="latent")
     parser.add_argument("--num-workers", type=int, default=4, help="data-loader workers")
-    parser.add_argument(
-        "--device", metavar="DEV", help="cpu | cuda | cuda:N (default: cuda if any)"
-    )
+    add_device_argument(parser)
     parser.add_argument("--out", metavar="FILE", help="JSON file for the numbers")
 
 

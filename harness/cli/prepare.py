@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 
 from harness.cli import Command
-from harness.cli.train import add_run_config_arguments
+from harness.cli.train import add_device_argument, add_run_config_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,9 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--split", choices=("train", "val"), default="train", help="split to encode"
     )
     parser.add_argument("--batch-size", type=int, default=64, help="images per VAE forward (64)")
-    parser.add_argument(
-        "--device", metavar="DEV", help="cpu | cuda | cuda:N (default: cuda if any)"
-    )
+    add_device_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:

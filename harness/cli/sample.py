@@ -18,6 +18,7 @@ import argparse
 from pathlib import Path
 
 from harness.cli import Command
+from harness.cli.train import add_device_argument
 from harness.config.sampler import SamplerConfig
 
 
@@ -29,8 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--label", type=int, metavar="K", help="class of every sample (default: i mod classes)"
     )
+    add_device_argument(parser)
     parser.add_argument(
-        "--device", metavar="DEV", help="cpu | cuda | cuda:N (default: cuda if any)"
+        "--vae",
+        metavar="NAME",
+        help="decoder for latent runs (default: the run's train.vae; REPA decodes with "
+        "stabilityai/sd-vae-ft-ema)",
     )
     group = parser.add_argument_group("sampler (harness.config.sampler.SamplerConfig)")
     for name, field in SamplerConfig.model_fields.items():
@@ -77,7 +82,13 @@ def run(args: argparse.Namespace) -> int:
     index = torch.arange(args.n, dtype=torch.int64)
     labels = torch.full_like(index, args.label) if args.label is not None else index % classes
     seeds = args.seed + index
-    images = sample_images(model, run_cfg, labels, seeds, sampler, device)  # (N, 3, H, W)
+    vae = None
+    if run_cfg.model.space == "latent":
+        from harness.train.latents import load_vae
+
+        vae_name = args.vae or run_cfg.train.vae
+        vae = load_vae(vae_name, device, random_weights=run_cfg.random_weights)
+    images = sample_images(model, run_cfg, labels, seeds, sampler, device, vae=vae)  # (N,3,H,W)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npz":
         np.savez(
@@ -98,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
             "seed_start": args.seed,
             "label": args.label,
             "device": str(device),
+            "vae": None if vae is None else (args.vae or run_cfg.train.vae),
         },
     )
     print(f"wrote {args.n} samples to {out} (settings: {out.name}.json)")

@@ -35,14 +35,19 @@ def add_run_config_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """--device, shared by the training-side commands (train, prepare, sample, bench)."""
+    parser.add_argument(
+        "--device", metavar="DEV", help="cpu | cuda | cuda:N (default: cuda if any)"
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_config_arguments(parser)
     parser.add_argument(
         "--out", metavar="DIR", help="run directory (default: results/stages/train/<run id>)"
     )
-    parser.add_argument(
-        "--device", metavar="DEV", help="cpu | cuda | cuda:N (default: cuda if any)"
-    )
+    add_device_argument(parser)
     parser.add_argument(
         "--catalogue",
         metavar="YAML",

@@ -110,7 +110,9 @@ class Hog(Backbone):
         cell = self.patch // self.cells
         hist = F.avg_pool2d(votes, cell) * (cell * cell)  # (B, bins, H/cell, W/cell) sums
         b, _, hc, wc = hist.shape
-        hist = hist.reshape(b, self.bins, hc // self.cells, self.cells, wc // self.cells, self.cells)
+        hist = hist.reshape(
+            b, self.bins, hc // self.cells, self.cells, wc // self.cells, self.cells
+        )
         feats = hist.permute(0, 2, 4, 3, 5, 1).reshape(b, hc // self.cells, wc // self.cells, -1)
         feats = feats / torch.sqrt(feats.square().sum(-1, keepdim=True) + 1e-6)  # L2-Hys
         feats = feats.clamp(max=0.2)
@@ -121,7 +123,7 @@ class Hog(Backbone):
 class RandomCNN(Backbone):
     def __init__(self, patch: int, dim: int) -> None:
         super().__init__()
-        stages = int(round(math.log2(patch)))
+        stages = round(math.log2(patch))
         if 2**stages != patch:
             raise EncoderError(f"random-cnn: patch size {patch} is not a power of two")
         widths = [3] + [min(dim, 32 * 2**i) for i in range(stages - 1)] + [dim]
@@ -143,7 +145,9 @@ BUILTINS.register(
     "pixels-blur",
     lambda spec, req: Pixels(spec.patch_size, float(spec.params.get("sigma", spec.patch_size / 2))),
 )
-BUILTINS.register("noise", lambda spec, req: Noise(spec.patch_size, int(spec.params.get("dim", 768))))
+BUILTINS.register(
+    "noise", lambda spec, req: Noise(spec.patch_size, int(spec.params.get("dim", 768)))
+)
 BUILTINS.register(
     "hog",
     lambda spec, req: Hog(

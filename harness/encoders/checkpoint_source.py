@@ -45,7 +45,9 @@ def build_arch(spec: EncoderSpec, request: BuildRequest) -> nn.Module:
 
     with seeded_init():
         return timm.create_model(
-            spec.arch, pretrained=False, **create_kwargs(spec.params.get("arch_kwargs", {}), request)
+            spec.arch,
+            pretrained=False,
+            **create_kwargs(spec.params.get("arch_kwargs", {}), request),
         )
 
 
@@ -106,7 +108,14 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], spec: EncoderSpe
     filter_fn = getattr(module, "checkpoint_filter_fn", None)
     if filter_fn is not None:
         state = filter_fn(state, model)
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise WeightsError(
+            f"encoder {spec.name!r}: weights do not fit timm {spec.arch!r}: "
+            f"{str(exc).splitlines()[-1].strip()}",
+            hint="check arch / arch_kwargs (depth, width, patch size) in encoders.yaml",
+        ) from exc
     missing = [k for k in result.missing_keys if not k.startswith(("head.", "fc_norm."))]
     if missing or result.unexpected_keys:
         raise WeightsError(

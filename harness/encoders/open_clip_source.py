@@ -16,8 +16,14 @@ import torch
 from torch import nn
 
 from harness.config.encoders import EncoderSpec
-from harness.encoders.base import Backbone, BuildRequest, EncoderError, num_prefix_check, seeded_init
-from harness.encoders.weights import weights_digest
+from harness.encoders.base import (
+    Backbone,
+    BuildRequest,
+    EncoderError,
+    num_prefix_check,
+    seeded_init,
+)
+from harness.encoders.weights import hf_file, url_file, weights_digest
 from harness.errors import WeightsError
 
 
@@ -74,19 +80,23 @@ def resolve_weights(spec: EncoderSpec) -> tuple[str, str]:
             f"{spec.model_id!r}",
             hint=f"tags: {open_clip.list_pretrained_tags_by_model(spec.model_id)}",
         )
-    try:
-        path = open_clip.download_pretrained(cfg)
-    except Exception as exc:  # hub/network errors of several libraries
-        from harness.encoders.weights import fetch_hint
-
+    hub = cfg.get("hf_hub")
+    if hub:  # "org/repo/" or "org/repo/filename"
+        parts = hub.strip("/").split("/")
+        repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
+        names = (
+            [filename]
+            if filename
+            else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        )
+        path = hf_file(repo_id, names, spec.revision, spec.name)
+    elif cfg.get("url"):
+        path = url_file(cfg["url"], spec.name)
+    else:
         raise WeightsError(
-            f"encoder {spec.name!r}: open_clip weights {spec.model_id}/{spec.pretrained} not "
-            f"available: {type(exc).__name__}: {exc}",
-            hint=fetch_hint(spec.name),
-        ) from exc
-    from pathlib import Path
-
-    return path, f"open_clip:{spec.model_id}/{spec.pretrained}:{weights_digest(Path(path))}"
+            f"encoder {spec.name!r}: open_clip tag {spec.pretrained!r} has no location"
+        )
+    return str(path), f"open_clip:{spec.model_id}/{spec.pretrained}:{weights_digest(path)}"
 
 
 def build(spec: EncoderSpec, request: BuildRequest) -> Backbone:
@@ -96,7 +106,9 @@ def build(spec: EncoderSpec, request: BuildRequest) -> Backbone:
     if request.random_weights or spec.pretrained is None:
         with seeded_init():
             model = open_clip.create_model(spec.model_id, pretrained=None, **kwargs)
-        weights_id = "random-init:seed0" + (" (random by design)" if spec.pretrained is None else "")
+        weights_id = "random-init:seed0" + (
+            " (random by design)" if spec.pretrained is None else ""
+        )
     else:
         path, weights_id = resolve_weights(spec)
         model = open_clip.create_model(spec.model_id, pretrained=path, **kwargs)

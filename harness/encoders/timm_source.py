@@ -17,7 +17,13 @@ import torch
 from torch import nn
 
 from harness.config.encoders import EncoderSpec
-from harness.encoders.base import Backbone, BuildRequest, EncoderError, num_prefix_check, seeded_init
+from harness.encoders.base import (
+    Backbone,
+    BuildRequest,
+    EncoderError,
+    num_prefix_check,
+    seeded_init,
+)
 from harness.encoders.weights import hf_commit, hf_file, url_file, weights_digest
 from harness.errors import WeightsError
 

@@ -30,9 +30,13 @@ class TransformersBackbone(Backbone):
         self.final_norm = spec.final_norm
         self.num_prefix = spec.num_prefix_tokens
         self.weights_id = weights_id
-        self.norm = getattr(self.model, "layernorm", None) or getattr(self.model, "post_layernorm", None)
+        self.norm = getattr(self.model, "layernorm", None) or getattr(
+            self.model, "post_layernorm", None
+        )
         params = inspect.signature(self.model.forward).parameters
-        self.extra = {"interpolate_pos_encoding": True} if "interpolate_pos_encoding" in params else {}
+        self.extra = (
+            {"interpolate_pos_encoding": True} if "interpolate_pos_encoding" in params else {}
+        )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         want_hidden = self.layer >= 0 or not self.final_norm

@@ -23,7 +23,9 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 def offline() -> bool:
     """True when the environment forbids downloads (read at call time, not import time)."""
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in OFFLINE_VARS)
+    return any(
+        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in OFFLINE_VARS
+    )
 
 
 def fetch_hint(name: str) -> str:

@@ -61,7 +61,9 @@ class SpatialParams:
             value = getattr(self, f.name)
             if f.name == "eps":
                 if not (isinstance(value, float | int) and value > 0):
-                    raise MetricError(f"spatial_metrics: eps must be a positive number, got {value!r}")
+                    raise MetricError(
+                        f"spatial_metrics: eps must be a positive number, got {value!r}"
+                    )
                 continue
             minimum = 0 if f.name.startswith("srss_min") else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -179,7 +181,11 @@ def _check_masks(masks: Any, shape: torch.Size, who: str) -> torch.Tensor:
             f"{who}: masks must be (B, T) = {(b, t)} to match features {tuple(shape)}, got {got}"
         )
     if masks.dtype != torch.bool:
-        if masks.is_floating_point() or masks.is_complex() or bool(((masks != 0) & (masks != 1)).any()):
+        if (
+            masks.is_floating_point()
+            or masks.is_complex()
+            or bool(((masks != 0) & (masks != 1)).any())
+        ):
             raise MetricError(f"{who}: masks must be bool (or 0/1 integers), got {masks.dtype}")
         masks = masks.bool()
     return masks

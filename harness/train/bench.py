@@ -1,6 +1,6 @@
 """Training throughput benchmark: images/s, a step-time breakdown, peak memory and MFU.
 
-The breakdown times each phase of a real training step (``harness.train.loop.Trainer``) with a
+The breakdown times each phase of a real training step (``harness.train.trainer.Trainer``) with a
 device synchronisation around it: data (next batch, host -> device), encoder forward (targets),
 SiT forward + backward (incl. projectors and losses), optimizer (unscale, clip, AdamW, EMA).
 Images/s is measured separately over back-to-back steps with no synchronisation in between —
@@ -152,7 +152,7 @@ def bench_train(
     from harness.train.align import encoder_tokens
     from harness.train.distributed import init_distributed
     from harness.train.latents import LatentDataset, encode_moments, load_vae
-    from harness.train.loop import Trainer, backend_settings
+    from harness.train.trainer import Trainer, backend_settings
 
     env = init_distributed(device)
     dataset = build_dataset(run.data, "train")
