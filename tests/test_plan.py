@@ -226,7 +226,9 @@ def test_malformed_sweeps_are_config_errors(text, expected):
 
 
 def test_inconsistent_run_is_a_config_error(catalogue):
-    with pytest.raises(ConfigError, match=r"align.encoder_depth = 9 is beyond SiT-T/4"):
+    with pytest.raises(
+        ConfigError, match=r"the run pixels / repa .*encoder_depth.*9 is beyond SiT-T/4"
+    ):
         build_plan(catalogue, tiny("align.repa.encoder_depth=9"))
 
 

@@ -11,9 +11,14 @@ import pytest
 
 from harness.artifacts import read_result
 from harness.cli import main
+from harness.config.encoders import load_catalogue
+from harness.config.sweep import load_sweep
+from harness.errors import SubmitError
 from harness.io import read_jsonl
 from harness.launch.jobs import read_state
+from harness.launch.submit import submission_lock
 from harness.paths import stage_dir
+from harness.plan import build_plan
 
 REPO = Path(__file__).resolve().parents[1]
 CATALOGUE = str(REPO / "encoders.yaml")
@@ -99,12 +104,12 @@ def test_local_executor_runs_jobs_in_subprocesses_on_the_snapshot(tmp_path):
 def test_failed_stage_records_the_error_and_retry_resumes(finished, tmp_path, capsys):
     root = tmp_path / "results"
     shutil.copytree(finished, root)
-    stages = plan_stages(root)
-    train = next(s for s in stages if s["stage"] == "train" and s["labels"]["method"] == "none")
-    evaluation = next(s for s in stages if s["stage"] == "eval" and s["needs"][0] == train["key"])
-    eval_dir = stage_dir(root, "eval", evaluation["key"])
+    stages = build_plan(load_catalogue(CATALOGUE), load_sweep(TINY)).stages
+    train = next(s for s in stages if s.stage == "train" and s.labels["method"] == "none")
+    evaluation = next(s for s in stages if s.stage == "eval" and s.needs[0] == train.key)
+    eval_dir = stage_dir(root, "eval", evaluation.key)
     shutil.rmtree(eval_dir)
-    checkpoint = stage_dir(root, "train", train["key"]) / "checkpoints" / "step_0000004.pt"
+    checkpoint = stage_dir(root, "train", train.key) / "checkpoints" / "step_0000004.pt"
     aside = tmp_path / "aside.pt"
     checkpoint.rename(aside)
     assert sweep(root, executor="local") == 1  # the eval job fails: its checkpoint is gone
@@ -117,7 +122,7 @@ def test_failed_stage_records_the_error_and_retry_resumes(finished, tmp_path, ca
     aside.rename(checkpoint)
     assert sweep(root, "--retry-failed", executor="local") == 0
     assert read_result(eval_dir)["status"] == "done"
-    assert job_rows(root)[-1]["attempt"] == 2
+    assert job_rows(root)[-1]["attempt"] == 3  # debug run, failed local run, retry
 
 
 @pytest.mark.parametrize(
@@ -143,3 +148,12 @@ def test_malformed_sweep_file_exits_2(tmp_path, capsys):
     code = harness(tmp_path / "results", "sweep", CATALOGUE, "--sweep", str(bad), "--dry-run")
     assert code == 2
     assert "bad.yaml:3:1: YAML syntax error" in capsys.readouterr().err
+
+
+def test_concurrent_submissions_are_serialised(tmp_path):
+    root = tmp_path / "results"
+    busy = pytest.raises(SubmitError, match=r"another `harness sweep` \(pid \d+ on ")
+    with submission_lock(root), busy, submission_lock(root, wait_s=0.2):
+        pass
+    with submission_lock(root, wait_s=0.2):  # free again once the first one is done
+        pass

@@ -222,7 +222,8 @@ class Launcher:
         finally:
             os.unlink(path)
         if out.returncode != 0:
-            message = (out.stderr or out.stdout).strip().replace("sbatch: error: ", "")
+            lines = (out.stderr or out.stdout).strip().replace("sbatch: error: ", "").splitlines()
+            message = "; ".join(line.strip() for line in lines if line.strip())
             raise SubmitError(
                 f"SLURM rejects the resources of stage '{name}': {message}",
                 hint=f"fix resources.{name} (or resources.default) in the sweep file; "

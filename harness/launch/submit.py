@@ -23,11 +23,16 @@ the DAG runs here, in dependency order, ``launch.local_parallelism`` jobs at a t
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.errors import SubmitError
 from harness.io import append_jsonl
@@ -45,10 +50,14 @@ from harness.plan import STAGE_ORDER, Plan, PlannedStage, check_inputs, save_pla
 from harness.stages import STAGES
 from harness.stages.runner import StageJob, write_spec
 
+if TYPE_CHECKING:
+    from harness.launch.executor import JobHandle, Launcher
+
 log = get_logger(__name__)
 
 ACTIONS = ("done", "diverged", "live", "failed", "submit", "skipped", "blocked")
 _LOCAL_POLL_S = 0.5
+LOCK_WAIT_S = 60.0  # how long a second `harness sweep` waits for the first to finish submitting
 
 
 @dataclass(frozen=True)
@@ -149,7 +158,6 @@ def submit_plan(
         SubmitError: SLURM rejects a request (before submitting: nothing submitted).
     """
     from harness.launch.executor import Launcher
-    from harness.launch.snapshot import take_snapshot
 
     root = root.absolute()
     sweep = plan.sweep
@@ -162,16 +170,123 @@ def submit_plan(
 
     # -- everything that can fail before the first submission ------------------------------------
     check_inputs(plan, kinds)
-    record_vanished(root, current)  # jobs killed without a word: their failure goes on disk
     launcher = Launcher(
         executor, jobs_dir(root), hold=hold, submit_interval_s=sweep.launch.submit_interval_s
     )
     for kind in kinds:
         launcher.check_resources(sweep.resources.for_stage(kind), name=kind)
-    save_plan(plan, root)
-    if not todo:
-        return report
-    snapshot = take_snapshot(root) if sweep.launch.snapshot and executor != "debug" else None
+    with submission_lock(root):
+        # decide again under the lock: another `harness sweep` may have submitted meanwhile
+        poller.invalidate()
+        current = plan_statuses(plan, root, poller)
+        record_vanished(root, current)  # jobs killed without a word: their failure goes on disk
+        decisions = decide(plan, current, retry_failed=retry_failed, only=only)
+        report.decisions = decisions
+        todo = [d.stage for d in decisions.values() if d.action == "submit"]
+        for kind in {s.stage for s in todo} - set(kinds):  # a stage whose job vanished meanwhile
+            launcher.check_resources(sweep.resources.for_stage(kind), name=kind)
+        save_plan(plan, root)
+        if todo:
+            _submit(plan, root, todo, decisions, launcher, report, on_progress)
+    poller.invalidate()
+    return report
+
+
+@contextlib.contextmanager
+def submission_lock(root: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+    """One submitting ``harness sweep`` per results root at a time (an ``fcntl`` lock on
+    ``plans/.submit.lock``), so two concurrent invocations never submit the same stage twice.
+
+    Raises:
+        SubmitError: another submission still holds the lock after ``wait_s`` seconds.
+    """
+    path = root / "plans" / ".submit.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as handle:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    handle.seek(0)
+                    raise SubmitError(
+                        f"another `harness sweep` ({handle.read().strip() or 'unknown'}) is "
+                        f"submitting to {root}",
+                        hint="wait for it to finish (local runs hold the lock until done)",
+                    ) from None
+                time.sleep(_LOCAL_POLL_S)
+        handle.truncate(0)
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.truncate(0)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@dataclass
+class _Batch:
+    """The stage instances one submission sends, and where they go."""
+
+    plan: Plan
+    root: Path
+    todo: list[PlannedStage]
+    decisions: dict[str, Decision]
+    launcher: Launcher
+    report: SubmitReport
+    env: dict[str, str] = field(default_factory=dict)
+    workdir: Path | None = None
+
+    def submit(
+        self, stages: list[PlannedStage], kind: str, dependency: tuple[str, ...] = ()
+    ) -> list[JobHandle]:
+        """Submit ``stages`` (all of stage ``kind``) as one group; record every job at once."""
+        resources = self.plan.sweep.resources.for_stage(kind)
+        handles = self.launcher.submit(
+            [StageJob(self.root, s.stage, s.key) for s in stages],
+            resources,
+            name=f"{self.plan.sweep.launch.job_name}-{kind}",
+            dependency=dependency,
+            env={**self.env, "OMP_NUM_THREADS": str(resources.cpus_per_task)},
+            workdir=self.workdir,
+        )
+        for stage, handle in zip(stages, handles, strict=True):
+            append_jsonl(
+                jobs_file(self.root, self.plan.sweep.name),
+                {
+                    "key": stage.key,
+                    "stage": stage.stage,
+                    "job_id": handle.job_id,
+                    "executor": handle.executor,
+                    "submitted_at": time.time(),
+                    "attempt": self.decisions[stage.key].status.attempt + 1,
+                    "log": handle.log,
+                },
+            )
+            self.report.submitted[stage.key] = handle.job_id
+        return handles
+
+
+def _submit(
+    plan: Plan,
+    root: Path,
+    todo: list[PlannedStage],
+    decisions: dict[str, Decision],
+    launcher: Launcher,
+    report: SubmitReport,
+    on_progress: Callable[[str, str], None] | None,
+) -> None:
+    from harness.launch.snapshot import take_snapshot
+
+    batch = _Batch(plan, root, todo, decisions, launcher, report)
+    snapshot = None
+    if plan.sweep.launch.snapshot and launcher.kind != "debug":
+        snapshot = take_snapshot(root)
+        batch.env, batch.workdir = snapshot.env(), snapshot.path
+    batch.env = {**batch.env, "HARNESS_RESULTS": str(root), "HARNESS_PROGRESS": "1"}
     for stage in todo:
         write_spec(
             root,
@@ -182,108 +297,50 @@ def submit_plan(
             labels=stage.labels,
             version=STAGES.get(stage.stage).version,
         )
-    env = {"HARNESS_RESULTS": str(root), **(snapshot.env() if snapshot else {})}
-    workdir = snapshot.path if snapshot else None
-    if executor == "slurm":
-        _submit_waves(plan, root, todo, decisions, launcher, report, env, workdir)
+    if launcher.kind == "slurm":
+        _submit_waves(batch)
         report.sbatch_calls = launcher.sbatch_calls
     else:
-        _run_here(plan, root, todo, decisions, launcher, report, env, workdir, on_progress)
-    poller.invalidate()
-    return report
+        _run_here(batch, on_progress)
 
 
-def _record(
-    root: Path, sweep: str, stage: PlannedStage, job_id: str, executor: str, attempt: int, log: str
-) -> None:
-    append_jsonl(
-        jobs_file(root, sweep),
-        {
-            "key": stage.key,
-            "stage": stage.stage,
-            "job_id": job_id,
-            "executor": executor,
-            "submitted_at": time.time(),
-            "attempt": attempt,
-            "log": log,
-        },
-    )
-
-
-def _job_env(env: dict[str, str], stage: str, plan: Plan) -> dict[str, str]:
-    cpus = plan.sweep.resources.for_stage(stage).cpus_per_task
-    return {**env, "OMP_NUM_THREADS": str(cpus), "HARNESS_PROGRESS": "1"}
-
-
-def _submit_waves(
-    plan: Plan,
-    root: Path,
-    todo: list[PlannedStage],
-    decisions: dict[str, Decision],
-    launcher: object,
-    report: SubmitReport,
-    env: dict[str, str],
-    workdir: Path | None,
-) -> None:
+def _submit_waves(batch: _Batch) -> None:
     """SLURM: one job array per stage kind and upstream job set, ``afterok`` on upstream jobs."""
-    job_of = {key: str(d.status.job_id) for key, d in decisions.items() if d.action == "live"}
+    job_of = {k: str(d.status.job_id) for k, d in batch.decisions.items() if d.action == "live"}
     for kind in STAGE_ORDER:
         groups: dict[tuple[str, ...], list[PlannedStage]] = {}
-        for stage in (s for s in todo if s.stage == kind):
+        for stage in (s for s in batch.todo if s.stage == kind):
             deps = tuple(sorted({job_of[u] for u in stage.needs if u in job_of}))
             groups.setdefault(deps, []).append(stage)
-        resources = plan.sweep.resources.for_stage(kind)
         for deps, members in groups.items():
-            handles = launcher.submit(  # type: ignore[attr-defined]
-                [StageJob(root, s.stage, s.key) for s in members],
-                resources,
-                name=f"{plan.sweep.launch.job_name}-{kind}",
-                dependency=deps,
-                env=_job_env(env, kind, plan),
-                workdir=workdir,
-            )
-            for stage, handle in zip(members, handles, strict=True):
-                attempt = decisions[stage.key].status.attempt + 1
-                _record(root, plan.sweep.name, stage, handle.job_id, "slurm", attempt, handle.log)
+            for stage, handle in zip(members, batch.submit(members, kind, deps), strict=True):
                 job_of[stage.key] = handle.job_id
-                report.submitted[stage.key] = handle.job_id
-    event(log, "sweep.submitted", sweep=plan.sweep.name, jobs=len(report.submitted))
+    event(log, "sweep.submitted", sweep=batch.plan.sweep.name, jobs=len(batch.report.submitted))
 
 
-def _run_here(
-    plan: Plan,
-    root: Path,
-    todo: list[PlannedStage],
-    decisions: dict[str, Decision],
-    launcher: object,
-    report: SubmitReport,
-    env: dict[str, str],
-    workdir: Path | None,
-    on_progress: Callable[[str, str], None] | None,
-) -> None:
+def _run_here(batch: _Batch, on_progress: Callable[[str, str], None] | None) -> None:
     """Local / debug: run the DAG in dependency order, a few jobs at a time, until it is over."""
-    parallel = plan.sweep.launch.local_parallelism if launcher.kind == "local" else 1  # type: ignore[attr-defined]
-    pending = list(todo)
-    running: dict[str, tuple[PlannedStage, object]] = {}
+    launch = batch.plan.sweep.launch
+    parallel = launch.local_parallelism if batch.launcher.kind == "local" else 1
+    pending = list(batch.todo)
+    running: dict[str, tuple[PlannedStage, JobHandle]] = {}
     poller = JobPoller()
-    state_of = {key: d.action for key, d in decisions.items()}
+    state_of = {key: d.action for key, d in batch.decisions.items()}
 
-    def finished(stage: PlannedStage, handle: object) -> None:
-        status = stage_status(root, stage.stage, stage.key, None, poller)
-        state = status.state if status.state != "planned" else "failed"
-        error = handle.outcome_error() if state != "done" else None  # type: ignore[attr-defined]
-        state_of[stage.key] = "done" if state == "done" else state
-        report.finished[stage.key] = state
-        if error and state != "done":
+    def settle(stage: PlannedStage, state: str, error: str | None = None) -> None:
+        state_of[stage.key] = batch.report.finished[stage.key] = state
+        if error:
             event(log, "stage.failed", stage=stage.stage, key=stage.key, error=error[-500:])
         if on_progress is not None:
             on_progress(stage.key, state)
 
     while pending or running:
         for key, (stage, handle) in list(running.items()):
-            if handle.done():  # type: ignore[attr-defined]
+            if handle.done():
                 del running[key]
-                finished(stage, handle)
+                state = stage_status(batch.root, stage.stage, stage.key, None, poller).state
+                state = state if state != "planned" else "failed"
+                settle(stage, state, handle.outcome_error() if state != "done" else None)
         launched = False
         for stage in list(pending):
             if len(running) >= parallel:
@@ -291,27 +348,12 @@ def _run_here(
             upstream = [state_of[u] for u in stage.needs]
             if any(s not in ("done", "submit") for s in upstream):
                 pending.remove(stage)  # an upstream failed: this one cannot run
-                state_of[stage.key] = "blocked"
-                report.finished[stage.key] = "blocked"
-                if on_progress is not None:
-                    on_progress(stage.key, "blocked")
-                continue
-            if any(s != "done" for s in upstream):
-                continue
-            pending.remove(stage)
-            (handle,) = launcher.submit(  # type: ignore[attr-defined]
-                [StageJob(root, stage.stage, stage.key)],
-                plan.sweep.resources.for_stage(stage.stage),
-                name=f"{plan.sweep.launch.job_name}-{stage.stage}",
-                env=_job_env(env, stage.stage, plan),
-                workdir=workdir,
-            )
-            attempt = decisions[stage.key].status.attempt + 1
-            kind = launcher.kind  # type: ignore[attr-defined]
-            _record(root, plan.sweep.name, stage, handle.job_id, kind, attempt, handle.log or "")
-            report.submitted[stage.key] = handle.job_id
-            running[stage.key] = (stage, handle)
-            launched = True
+                settle(stage, "blocked")
+            elif all(s == "done" for s in upstream):
+                pending.remove(stage)
+                (handle,) = batch.submit([stage], stage.stage)
+                running[stage.key] = (stage, handle)
+                launched = True
         if not launched and running:
             time.sleep(_LOCAL_POLL_S)
         elif not launched and not running and pending:

@@ -54,7 +54,7 @@ class SpatialParams:
     srss_min_fg: int = 0  # SRSS: NaN for an image with fewer fg tokens
     srss_min_bg: int = 0  # SRSS: NaN for an image with fewer bg tokens
     eps: float = 1e-8  # L2-normalisation epsilon
-    chunk_bytes: int = 32 << 20  # images per internal chunk: about this many bytes of tokens
+    chunk_bytes: int = 4 << 20  # images per internal chunk: ~this many bytes of tokens (cache-sized)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -200,7 +200,8 @@ class _Basis:
 
     ry: int
     rx: int
-    dft: torch.Tensor  # (2K, h): cos rows then sin rows of the length-L row DFT
+    dft: torch.Tensor  # (K + S, h): cos rows (k = 0..K-1), then the S non-zero sin rows
+    sin_rows: torch.Tensor  # (S,) long: the frequency k of each sin row
     coef: torch.Tensor  # (ry+1, K) float64: Re-spectrum -> C(dy) + C(-dy) (C(0) for dy = 0)
     diag: torch.Tensor  # (w*w, 2rx+1): one-hot of the column offset c' - c
     dist: torch.Tensor  # (ry+1, 2rx+1) long: dy + |dx| of each table cell
@@ -214,7 +215,10 @@ def _basis(h: int, w: int, reach: int, device: str) -> _Basis:
     freqs = length // 2 + 1
     k = torch.arange(freqs, dtype=torch.float64)
     angle = 2 * math.pi * k[:, None] * torch.arange(h, dtype=torch.float64)[None] / length
-    dft = torch.cat([torch.cos(angle), torch.sin(angle)]).to(torch.float32)  # (2K, h)
+    # sin rows of k = 0 and of the Nyquist frequency are zero in theory: drop them (rounding
+    # leaves ~1e-16 there, whose products underflow to slow denormals); keep the cos rows
+    has_sin = (k > 0) & (2 * k < length)
+    dft = torch.cat([torch.cos(angle), torch.sin(angle)[has_sin]]).to(torch.float32)  # (L', h)
     mult = torch.full((freqs,), 2.0, dtype=torch.float64)  # Hermitian pairs k, L-k
     mult[0] = 1.0
     if length % 2 == 0:
@@ -236,18 +240,21 @@ def _basis(h: int, w: int, reach: int, device: str) -> _Basis:
                 counts[abs(y) + abs(x)] += (h - abs(y)) * (w - abs(x))
     pairs = tuple(c / 2 for c in counts)  # unordered (distance 0: half the self pairs)
     dev = torch.device(device)
-    return _Basis(ry, rx, dft.to(dev), coef.to(dev), diag.to(dev), dist.to(dev), pairs)
+    sin_rows = torch.nonzero(has_sin).flatten()
+    return _Basis(
+        ry, rx, dft.to(dev), sin_rows.to(dev), coef.to(dev), diag.to(dev), dist.to(dev), pairs
+    )
 
 
 def _row_dft(x: torch.Tensor, basis: _Basis) -> torch.Tensor:
-    """Row-direction DFT of a token field: (b, h, w, D) -> (b, 2K, w, D)."""
+    """Row-direction DFT of a token field: (b, h, w, D) -> (b, K + S, w, D)."""
     b, h, w, d = x.shape
     out = torch.matmul(basis.dft, x.reshape(b, h, w * d))  # (b, 2K, w*D)
     return out.view(b, -1, w, d)
 
 
 def _field_sum(f: torch.Tensor) -> torch.Tensor:
-    """Σ over all positions of a token field, from its row DFT (b, 2K, w, D) -> (b, D)."""
+    """Σ over all positions of a token field, from its row DFT (b, K + S, w, D) -> (b, D)."""
     return f[:, 0].double().sum(1)
 
 
@@ -257,9 +264,11 @@ def _corr_table(fa: torch.Tensor, fb: torch.Tensor, basis: _Basis) -> torch.Tens
     Returns (b, ry+1, 2rx+1) float64: row 0 holds C(0, dx); row dy > 0 holds
     C(dy, dx) + C(-dy, dx), for dx = -rx..rx.
     """
-    b, k2, w, d = fa.shape
-    gram = torch.bmm(fa.reshape(b * k2, w, d), fb.reshape(b * k2, w, d).transpose(1, 2))
-    re = gram.view(b, 2, k2 // 2, w * w).sum(1)  # (b, K, w*w): cos·cos + sin·sin
+    b, rows, w, d = fa.shape
+    freqs = basis.coef.shape[1]
+    gram = torch.bmm(fa.reshape(b * rows, w, d), fb.reshape(b * rows, w, d).transpose(1, 2))
+    gram = gram.view(b, rows, w * w)
+    re = gram[:, :freqs].index_add(1, basis.sin_rows, gram[:, freqs:])  # cos·cos + sin·sin
     per_dx = torch.matmul(re, basis.diag).double()  # (b, K, 2rx+1)
     return torch.einsum("yk,bkx->byx", basis.coef, per_dx)
 
@@ -349,7 +358,7 @@ def _srss(x: torch.Tensor, fg: torch.Tensor, basis: _Basis, p: SpatialParams) ->
     neg_weight = valid / neg_cnt.clamp(min=1)
 
     positives = _weighted_near_sum(x, pos_weight, fgf, p.srss_pos_dist)
-    f_bg = _row_dft(bgf[..., None] * x, basis)  # (b, 2K, w, D)
+    f_bg = _row_dft(bgf[..., None] * x, basis)  # (b, K + S, w, D)
     f_weighted = _row_dft(neg_weight[..., None] * x, basis)
     close_negatives = _sum_within(
         _corr_table(f_weighted, f_bg, basis), basis, 0, p.srss_neg_dist - 1
