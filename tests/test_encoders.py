@@ -352,6 +352,15 @@ def test_pooled_is_cls_when_present_else_token_mean() -> None:
     assert torch.allclose(out.pooled, out.tokens.mean(1))
 
 
+def test_outputs_are_ordinary_tensors_usable_as_training_targets() -> None:
+    enc = create_encoder(shallow(CATALOGUE.get("vit-s-random")), grid=(4, 4))
+    out = enc(images(2, size=64))
+    assert not out.tokens.is_inference() and not out.tokens.requires_grad
+    weight = torch.ones(384, requires_grad=True)
+    torch.nn.functional.cosine_similarity(out.tokens * weight, out.tokens, dim=-1).sum().backward()
+    assert weight.grad is not None
+
+
 def test_bf16_autocast_runs_and_returns_float32() -> None:
     enc = create_encoder(shallow(CATALOGUE.get("vit-s-random")), grid=(4, 4), dtype=torch.bfloat16)
     out = enc(images(1, size=64))
@@ -433,20 +442,27 @@ def _reference_tokens(model: torch.nn.Module, img: torch.Tensor, spec: EncoderSp
         return model.forward_features(x)[:, 1:]  # final norm, CLS dropped
 
 
+def _tiny_vit_spec(**fields) -> EncoderSpec:
+    """A ViT-S/16 (2 blocks) entry at 64 px whose weights come from a file or a hub."""
+    base = {
+        "family": "test",
+        "arch": "vit_small_patch16_224",
+        "resolution": 64,
+        "mean": [0.5] * 3,
+        "std": [0.25] * 3,
+        "patch_size": 16,
+        "num_prefix_tokens": 1,
+        "embed_dim": 384,
+    }
+    return EncoderSpec(**{**base, **fields})
+
+
 def _checkpoint_spec(path: Path, **params) -> EncoderSpec:
-    return EncoderSpec(
+    return _tiny_vit_spec(
         name="moco-like",
-        family="test",
         source="checkpoint",
         model_id="moco",
         checkpoint=str(path),
-        arch="vit_small_patch16_224",
-        resolution=64,
-        mean=[0.5] * 3,
-        std=[0.25] * 3,
-        patch_size=16,
-        num_prefix_tokens=1,
-        embed_dim=384,
         params={
             "arch_kwargs": {"depth": 2},
             "select_prefix": "module.base_encoder.",
@@ -501,19 +517,11 @@ def test_torch_hub_source_loads_a_local_hubconf(tmp_path: Path) -> None:
             return timm.create_model("vit_small_patch16_224", depth=2, img_size=64, num_classes=0)
         """)
     )
-    spec = EncoderSpec(
+    spec = _tiny_vit_spec(
         name="hub-vit",
-        family="test",
         source="torch_hub",
         hub_repo=str(hub),
         model_id="tiny_vit",
-        arch="vit_small_patch16_224",
-        resolution=64,
-        mean=[0.5] * 3,
-        std=[0.5] * 3,
-        patch_size=16,
-        num_prefix_tokens=1,
-        embed_dim=384,
         params={"arch_kwargs": {"depth": 2}},
     )
     enc = create_encoder(spec, grid=(4, 4))

@@ -51,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--executor",
         choices=("auto", "slurm", "local", "debug"),
-        help="where jobs run (default: the sweep's launch.executor; auto = slurm if sbatch works)",
+        help="where jobs run (default: the sweep's launch.executor; auto = slurm if sbatch works, "
+        "else local; debug = in this process, with pdb on a failure)",
     )
     parser.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
     parser.add_argument("--wait", action="store_true", help="SLURM: follow the jobs until done")

@@ -108,24 +108,26 @@ class Encoder(nn.Module):
             )
         return (x - self.mean) / self.std
 
-    @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> EncoderOutput:
-        x = self.preprocess(images)
-        with self._autocast():
-            tokens, cls = self.backbone(x)  # (B, h', w', D), (B, D) | None
-        tokens = tokens.float()
-        if tuple(tokens.shape[1:3]) != self.grid:
-            tokens = self._resize_tokens(tokens)
-        b, h, w, d = tokens.shape
-        if d != self.spec.embed_dim:
-            raise EncoderError(
-                f"encoder {self.spec.name!r} produced tokens of width {d}, but its catalogue "
-                f"entry says embed_dim {self.spec.embed_dim}",
-                hint="fix embed_dim (or layer / source params) in encoders.yaml",
-            )
-        tokens = tokens.reshape(b, h * w, d)  # row-major
-        pooled = cls.float() if cls is not None else tokens.mean(1)
-        return EncoderOutput(tokens=tokens, pooled=pooled, grid=(h, w))
+        with torch.inference_mode():
+            x = self.preprocess(images)
+            with self._autocast():
+                tokens, cls = self.backbone(x)  # (B, h', w', D), (B, D) | None
+            tokens = tokens.float()
+            if tuple(tokens.shape[1:3]) != self.grid:
+                tokens = self._resize_tokens(tokens)
+            b, h, w, d = tokens.shape
+            if d != self.spec.embed_dim:
+                raise EncoderError(
+                    f"encoder {self.spec.name!r} produced tokens of width {d}, but its catalogue "
+                    f"entry says embed_dim {self.spec.embed_dim}",
+                    hint="fix embed_dim (or layer / source params) in encoders.yaml",
+                )
+            tokens = tokens.reshape(b, h * w, d)  # row-major
+            pooled = cls.float() if cls is not None else tokens.mean(1)
+        # clones outside inference mode are ordinary tensors: usable as (constant) targets in
+        # a loss that autograd differentiates, unlike inference tensors
+        return EncoderOutput(tokens=tokens.clone(), pooled=pooled.clone(), grid=(h, w))
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype == torch.float32:

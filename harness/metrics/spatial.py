@@ -54,7 +54,9 @@ class SpatialParams:
     srss_min_fg: int = 0  # SRSS: NaN for an image with fewer fg tokens
     srss_min_bg: int = 0  # SRSS: NaN for an image with fewer bg tokens
     eps: float = 1e-8  # L2-normalisation epsilon
-    chunk_bytes: int = 4 << 20  # images per internal chunk: ~this many bytes of tokens (cache-sized)
+    chunk_bytes: int = (
+        4 << 20
+    )  # images per internal chunk: ~this many bytes of tokens (cache-sized)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -296,8 +298,6 @@ def _chunk_metrics(
     out: dict[str, torch.Tensor] = {}
 
     reach = max(p.cds_max_dist, p.far_dist - 1, 1)
-    if masks is not None:
-        reach = max(reach, p.srss_neg_dist - 1)
     basis = _basis(h, w, reach, str(x.device))
     grid_x = x.view(b, h, w, d)
     fx = _row_dft(grid_x, basis)
@@ -325,7 +325,7 @@ def _chunk_metrics(
 
     out["rmsc"] = _rmsc(x, sq_norms, x_sum)
     if masks is not None:
-        out["srss"] = _srss(grid_x, masks.view(b, h, w), basis, p)
+        out["srss"] = _srss(grid_x, masks.view(b, h, w), p)
     return out
 
 
@@ -341,33 +341,45 @@ def _rmsc(x: torch.Tensor, sq_norms: torch.Tensor, x_sum: torch.Tensor) -> torch
     return mean_sq.sqrt()
 
 
-def _srss(x: torch.Tensor, fg: torch.Tensor, basis: _Basis, p: SpatialParams) -> torch.Tensor:
+def _srss(x: torch.Tensor, fg: torch.Tensor, p: SpatialParams) -> torch.Tensor:
     """SRSS via weighted (cross-)correlations; x (b, h, w, D) normalised, fg (b, h, w) bool.
 
     With per-anchor weights u_a = valid_a / |pos(a)| and v_a = valid_a / |neg(a)| (masks only):
     Σ_a valid_a (mean_pos(a) - mean_neg(a)) = Σ_{a, o in ring} u_a fg_{a+o} cos(a, a+o)
     - <Σ_a v_a x_a, Σ_{b in bg} x_b> + Σ_{a, |o| < srss_neg_dist} v_a bg_{a+o} cos(a, a+o).
+    Only images with a valid anchor are computed (the others are NaN).
     """
+    b, h, w, d = x.shape
     fgf = fg.to(x.dtype)  # (b, h, w)
     bgf = 1.0 - fgf
     pos_cnt = _count_within(fgf, 1, p.srss_pos_dist)
     neg_cnt = bgf.sum((1, 2))[:, None, None] - _count_within(bgf, 0, p.srss_neg_dist - 1)
     enough = (fgf.sum((1, 2)) >= max(p.srss_min_fg, 1)) & (bgf.sum((1, 2)) >= max(p.srss_min_bg, 1))
     valid = fg & (pos_cnt > 0) & (neg_cnt > 0) & enough[:, None, None]
-    pos_weight = valid / pos_cnt.clamp(min=1)  # (b, h, w)
-    neg_weight = valid / neg_cnt.clamp(min=1)
+    n_valid = valid.sum((1, 2)).double()  # (b,)
+    srss = torch.full((b,), math.nan, dtype=torch.float64, device=x.device)
+    keep = torch.nonzero(n_valid > 0).flatten()
+    if keep.numel() == 0:
+        return srss
+    x, valid, fgf, bgf = x[keep], valid[keep], fgf[keep], bgf[keep]
+    pos_weight = valid / pos_cnt[keep].clamp(min=1)  # (m, h, w)
+    neg_weight = valid / neg_cnt[keep].clamp(min=1)
 
     positives = _weighted_near_sum(x, pos_weight, fgf, p.srss_pos_dist)
-    f_bg = _row_dft(bgf[..., None] * x, basis)  # (b, K + S, w, D)
-    f_weighted = _row_dft(neg_weight[..., None] * x, basis)
+    m = len(keep)
+    fields = torch.empty(2 * m, h, w, d, dtype=x.dtype, device=x.device)
+    torch.mul(bgf[..., None], x, out=fields[:m])  # background tokens
+    torch.mul(neg_weight[..., None], x, out=fields[m:])  # anchors weighted by 1 / |neg(a)|
+    basis = _basis(h, w, p.srss_neg_dist - 1, str(x.device))
+    spectra = _row_dft(fields, basis)  # (2m, K + S, w, D)
+    f_bg, f_weighted = spectra[:m], spectra[m:]
     close_negatives = _sum_within(
         _corr_table(f_weighted, f_bg, basis), basis, 0, p.srss_neg_dist - 1
     )
     # row 0 of a row DFT is the column sums, so Σ_p v_p x_p and Σ_{p in bg} x_p are free
     all_negatives = (_field_sum(f_weighted) * _field_sum(f_bg)).sum(-1)
-    n_valid = valid.sum((1, 2)).double()
-    srss = (positives - all_negatives + close_negatives) / n_valid.clamp(min=1)
-    return torch.where(n_valid > 0, srss, torch.full_like(srss, math.nan))
+    srss[keep] = (positives - all_negatives + close_negatives) / n_valid[keep]
+    return srss
 
 
 def _weighted_near_sum(
