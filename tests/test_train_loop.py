@@ -333,3 +333,31 @@ def test_cli_irepa_with_catalogue_encoders(tmp_path: Path) -> None:
         "projectors.0.conv.weight": (384, 64, 3, 3),
         "projectors.1.conv.weight": (36, 64, 3, 3),
     }
+
+
+class CountingEncoder(PatchEncoder):
+    """Counts how many images it has encoded."""
+
+    def __init__(self) -> None:
+        super().__init__((8, 8), dim=16)
+        self.images_seen = 0
+
+    def forward(self, images: torch.Tensor):
+        self.images_seen += len(images)
+        return super().forward(images)
+
+
+def test_cache_targets_encodes_each_image_once_and_matches_fresh_targets(tmp_path: Path) -> None:
+    # 64 training images, 8 steps of 16 = two epochs: the cache must encode each image once.
+    cached_enc, fresh_enc = CountingEncoder(), CountingEncoder()
+    cached = train(
+        tiny_run(steps=8, cache_targets=True), tmp_path / "c", device="cpu",
+        target_encoders=[cached_enc],
+    )
+    fresh = train(tiny_run(steps=8), tmp_path / "f", device="cpu", target_encoders=[fresh_enc])
+    assert cached_enc.images_seen == 64
+    assert fresh_enc.images_seen == 8 * 16
+    rows_c, rows_f = (read_jsonl(tmp_path / d / "train_log.jsonl") for d in ("c", "f"))
+    for a, b in zip(rows_c, rows_f, strict=True):  # float16 storage: equal to ~1e-3
+        assert math.isclose(a["align_cos"], b["align_cos"], rel_tol=0, abs_tol=2e-3)
+    assert cached["status"] == fresh["status"] == "done"

@@ -72,12 +72,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _ingest(root: Path) -> None:
-    """Bring the database up to date with the artifacts when the store provides ingest."""
+    """Bring the database up to date with the artifacts. When the database is busy (an analyst
+    holds it open), report from what it already holds and say so."""
+    from harness.errors import StoreError
+    from harness.paths import database_path
+    from harness.store.ingest import ingest
+
     try:
-        from harness.store.ingest import ingest
-    except ImportError:
-        return
-    ingest(root)
+        ingest(root)
+    except StoreError as exc:
+        if not database_path(root).exists():
+            raise
+        print(f"warning: ingest skipped, reporting from the database as it is: {exc.message}")
 
 
 COMMAND = Command(

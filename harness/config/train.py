@@ -164,6 +164,9 @@ class TrainConfig(Config):
     sync_every: int = Field(100, ge=1)  # steps between host syncs (log flush, NaN check)
     num_workers: int = Field(8, ge=0)  # data-loader worker processes per GPU
     deterministic: bool = False  # deterministic kernels (slower; exact-resume tests)
+    cache_targets: bool = False  # memoise each training image's encoder targets (float16) the
+    #   first time it is drawn: exact for deterministic encoders since images are not augmented;
+    #   for small datasets (the CPU study), costs N x T x D x 2 bytes of memory
     vae: str = "stabilityai/sd-vae-ft-mse"  # latent space: diffusers AutoencoderKL repo id
     latent_scale: float = Field(0.18215, gt=0.0)  # latent space: z = (z_vae - bias) * scale
     latent_stats: str | None = None  # .npz with per-channel `scale`, `bias` (overrides scale)

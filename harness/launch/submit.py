@@ -318,11 +318,15 @@ def _submit_waves(batch: _Batch) -> None:
     event(log, "sweep.submitted", sweep=batch.plan.sweep.name, jobs=len(batch.report.submitted))
 
 
+_LOCAL_PRIORITY = {"latents": 0, "train": 1, "fid_ref": 2, "eval": 3, "spatial": 4, "probe": 5}
+
+
 def _run_here(batch: _Batch, on_progress: Callable[[str, str], None] | None) -> None:
     """Local / debug: run the DAG in dependency order, a few jobs at a time, until it is over."""
     launch = batch.plan.sweep.launch
     parallel = launch.local_parallelism if batch.launcher.kind == "local" else 1
-    pending = list(batch.todo)
+    # Longest first: training is the critical path; per-encoder measurements fill free slots.
+    pending = sorted(batch.todo, key=lambda s: _LOCAL_PRIORITY.get(s.stage, len(_LOCAL_PRIORITY)))
     running: dict[str, tuple[PlannedStage, JobHandle]] = {}
     poller = JobPoller()
     state_of = {key: d.action for key, d in batch.decisions.items()}

@@ -14,16 +14,15 @@ float32 (eps 1e-8), cos(t, t') is their dot product and d(t, t') the Manhattan d
   with no valid anchor, or with fewer than ``srss_min_fg`` / ``srss_min_bg`` fg / bg tokens.
 * **RMSC** = sqrt(mean_t ||x_t − mean_t' x_t'||²) of the normalised tokens.
 
-How it is computed (no T×T matrix). Every quantity is a sum of dot products over token pairs
-grouped by their offset o = (dy, dx), i.e. a (cross-)correlation of two token fields:
-C(o) = Σ_p <a_p, b_{p+o}>. Along rows the correlation is taken in a zero-padded DFT basis
-(cos/sin of length L = h + R, applied as one GEMM), along columns as diagonals of a small
-(w × w) Gram per frequency, so only offsets |dy|, |dx| ≤ R are ever formed and the work is
-O(T·D·(h + R)) GEMM FLOPs per image instead of the O(T²·D) of a dense Gram plus T² masks.
-Sums over far pairs are "all pairs minus near pairs" (all pairs: ||Σ x||²). SRSS per-anchor
-means are linear in the anchor's dot products once the (mask-only) per-anchor counts are known,
-so they reduce to weighted cross-correlations of masked token fields. Images are processed in
-chunks of bounded size, so memory does not grow with the batch.
+How it is computed (no T×T matrix for LDS, CDS, RMSC). They are sums of dot products over
+token pairs grouped by offset o = (dy, dx), i.e. the autocorrelation A(o) = Σ_p <x_p, x_{p+o}>
+of the token field. Along rows it is taken in a zero-padded DFT basis (cos/sin of length
+L = h + R, one GEMM), along columns as diagonals of a small (w × w) Gram per frequency, so only
+offsets |dy|, |dx| <= R = max(cds_max_dist, far_dist - 1) are formed: O(T·D·(h + R)) GEMM FLOPs
+per image instead of a dense O(T²·D) Gram plus T² masks. Far-pair sums are "all pairs (||Σ x||²)
+minus near pairs". SRSS needs per-anchor means over masked sets, so it compares only the
+foreground anchors with all tokens (one batched (anchors × T) GEMM per chunk). Images are
+processed in cache-sized chunks, so memory does not grow with the batch.
 """
 
 from __future__ import annotations
@@ -275,12 +274,6 @@ def _corr_table(fa: torch.Tensor, fb: torch.Tensor, basis: _Basis) -> torch.Tens
     return torch.einsum("yk,bkx->byx", basis.coef, per_dx)
 
 
-def _sum_within(table: torch.Tensor, basis: _Basis, low: int, high: int) -> torch.Tensor:
-    """Σ over all offsets o with low <= |o|_1 <= high of a correlation table -> (b,)."""
-    keep = (basis.dist >= low) & (basis.dist <= high)
-    return (table * keep).sum((1, 2))
-
-
 def _ring_sums(table: torch.Tensor, basis: _Basis, reach: int) -> torch.Tensor:
     """Unordered-pair sums at each distance 0..reach of an autocorrelation table -> (b, reach+1)."""
     onehot = F.one_hot(basis.dist.clamp(max=reach + 1), reach + 2)[..., : reach + 1]
@@ -325,7 +318,7 @@ def _chunk_metrics(
 
     out["rmsc"] = _rmsc(x, sq_norms, x_sum)
     if masks is not None:
-        out["srss"] = _srss(grid_x, masks.view(b, h, w), p)
+        out["srss"] = _srss(x, masks, (h, w), p)
     return out
 
 
@@ -341,76 +334,51 @@ def _rmsc(x: torch.Tensor, sq_norms: torch.Tensor, x_sum: torch.Tensor) -> torch
     return mean_sq.sqrt()
 
 
-def _srss(x: torch.Tensor, fg: torch.Tensor, p: SpatialParams) -> torch.Tensor:
-    """SRSS via weighted (cross-)correlations; x (b, h, w, D) normalised, fg (b, h, w) bool.
-
-    With per-anchor weights u_a = valid_a / |pos(a)| and v_a = valid_a / |neg(a)| (masks only):
-    Σ_a valid_a (mean_pos(a) - mean_neg(a)) = Σ_{a, o in ring} u_a fg_{a+o} cos(a, a+o)
-    - <Σ_a v_a x_a, Σ_{b in bg} x_b> + Σ_{a, |o| < srss_neg_dist} v_a bg_{a+o} cos(a, a+o).
-    Only images with a valid anchor are computed (the others are NaN).
-    """
-    b, h, w, d = x.shape
-    fgf = fg.to(x.dtype)  # (b, h, w)
-    bgf = 1.0 - fgf
-    pos_cnt = _count_within(fgf, 1, p.srss_pos_dist)
-    neg_cnt = bgf.sum((1, 2))[:, None, None] - _count_within(bgf, 0, p.srss_neg_dist - 1)
-    enough = (fgf.sum((1, 2)) >= max(p.srss_min_fg, 1)) & (bgf.sum((1, 2)) >= max(p.srss_min_bg, 1))
-    valid = fg & (pos_cnt > 0) & (neg_cnt > 0) & enough[:, None, None]
-    n_valid = valid.sum((1, 2)).double()  # (b,)
-    srss = torch.full((b,), math.nan, dtype=torch.float64, device=x.device)
-    keep = torch.nonzero(n_valid > 0).flatten()
-    if keep.numel() == 0:
-        return srss
-    x, valid, fgf, bgf = x[keep], valid[keep], fgf[keep], bgf[keep]
-    pos_weight = valid / pos_cnt[keep].clamp(min=1)  # (m, h, w)
-    neg_weight = valid / neg_cnt[keep].clamp(min=1)
-
-    positives = _weighted_near_sum(x, pos_weight, fgf, p.srss_pos_dist)
-    m = len(keep)
-    fields = torch.empty(2 * m, h, w, d, dtype=x.dtype, device=x.device)
-    torch.mul(bgf[..., None], x, out=fields[:m])  # background tokens
-    torch.mul(neg_weight[..., None], x, out=fields[m:])  # anchors weighted by 1 / |neg(a)|
-    basis = _basis(h, w, p.srss_neg_dist - 1, str(x.device))
-    spectra = _row_dft(fields, basis)  # (2m, K + S, w, D)
-    f_bg, f_weighted = spectra[:m], spectra[m:]
-    close_negatives = _sum_within(
-        _corr_table(f_weighted, f_bg, basis), basis, 0, p.srss_neg_dist - 1
-    )
-    # row 0 of a row DFT is the column sums, so Σ_p v_p x_p and Σ_{p in bg} x_p are free
-    all_negatives = (_field_sum(f_weighted) * _field_sum(f_bg)).sum(-1)
-    srss[keep] = (positives - all_negatives + close_negatives) / n_valid[keep]
-    return srss
-
-
-def _weighted_near_sum(
-    x: torch.Tensor, weight: torch.Tensor, partner: torch.Tensor, radius: int
+def _srss(
+    x: torch.Tensor, fg: torch.Tensor, grid: tuple[int, int], p: SpatialParams
 ) -> torch.Tensor:
-    """Σ_a Σ_{1 <= |o|_1 <= radius} weight_a partner_{a+o} <x_a, x_{a+o}> -> (b,), by direct
-    shifted dot products over the half-plane offsets (each pair is visited once)."""
-    b, h, w, _ = x.shape
-    total = torch.zeros(b, dtype=torch.float64, device=x.device)
-    for dy in range(0, min(radius, h - 1) + 1):
-        for dx in range(-min(radius - dy, w - 1), min(radius - dy, w - 1) + 1):
-            if (dy == 0 and dx <= 0) or dy + abs(dx) > radius:
-                continue
-            a = (slice(None), slice(0, h - dy), slice(max(0, -dx), w - max(0, dx)))
-            c = (slice(None), slice(dy, h), slice(max(0, dx), w - max(0, -dx)))
-            dots = (x[a] * x[c]).sum(-1)  # (b, h-dy, w-|dx|): <x_p, x_{p+o}>
-            both = weight[a] * partner[c] + weight[c] * partner[a]
-            total += (dots * both).sum((1, 2)).double()
-    return total
+    """SRSS of normalised tokens x (b, T, D) with foreground masks fg (b, T).
+
+    Only foreground anchors need their similarities, so each image's anchors are gathered
+    (padded to the chunk's largest count) and compared with all tokens in one batched GEMM,
+    (b, anchors, D) @ (b, D, T): exact, and far cheaper than the full T×T matrix when the
+    foreground is a fraction of the image. Images failing the size thresholds are NaN.
+    """
+    b, t, d = x.shape
+    n_fg = fg.sum(1)
+    enough = (n_fg >= max(p.srss_min_fg, 1)) & (t - n_fg >= max(p.srss_min_bg, 1))
+    anchor = fg & enough[:, None]  # (b, T)
+    n_anchor = anchor.sum(1)
+    srss = torch.full((b,), math.nan, dtype=torch.float64, device=x.device)
+    most = int(n_anchor.max())
+    if most == 0:
+        return srss
+    # anchor token indices first (stable), padded with non-anchors that are masked out below
+    order = torch.argsort((~anchor).to(torch.int8), dim=1, stable=True)[:, :most]  # (b, A)
+    real = torch.arange(most, device=x.device)[None] < n_anchor[:, None]  # (b, A)
+    anchors = x.gather(1, order[..., None].expand(-1, -1, d))  # (b, A, D)
+    cos = torch.bmm(anchors, x.transpose(1, 2))  # (b, A, T)
+    positive_ring, negative_far = _srss_rings(grid, p.srss_pos_dist, p.srss_neg_dist, str(x.device))
+    positive = positive_ring[order] & fg[:, None, :]  # (b, A, T): fg tokens at 1 <= d <= d_pos
+    negative = negative_far[order] & ~fg[:, None, :]  # bg tokens at d >= d_neg
+    n_pos, n_neg = positive.sum(-1), negative.sum(-1)
+    per_anchor = (cos * positive).sum(-1).double() / n_pos.clamp(min=1) - (cos * negative).sum(
+        -1
+    ).double() / n_neg.clamp(min=1)
+    valid = real & (n_pos > 0) & (n_neg > 0)
+    n_valid = valid.sum(1)
+    means = (per_anchor * valid).sum(1) / n_valid.clamp(min=1)
+    return torch.where(n_valid > 0, means, srss)
 
 
-@lru_cache(maxsize=32)
-def _diamond(low: int, high: int, device: str) -> torch.Tensor:
-    """(1, 1, 2r+1, 2r+1) 0/1 kernel of offsets with low <= |o|_1 <= high (r = high)."""
-    r = torch.arange(-high, high + 1)
-    dist = r[:, None].abs() + r[None, :].abs()
-    kernel = ((dist >= low) & (dist <= high)).float()
-    return kernel[None, None].to(torch.device(device))
-
-
-def _count_within(field: torch.Tensor, low: int, high: int) -> torch.Tensor:
-    """For each position, Σ field over positions at distance low..high: (b, h, w) -> (b, h, w)."""
-    kernel = _diamond(low, high, str(field.device)).to(field.dtype)
-    return F.conv2d(field[:, None], kernel, padding=high)[:, 0]
+@lru_cache(maxsize=16)
+def _srss_rings(
+    grid: tuple[int, int], pos_dist: int, neg_dist: int, device: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T, T) bool: pairs at 1 <= d <= pos_dist, and pairs at d >= neg_dist."""
+    h, w = grid
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    ys, xs = ys.reshape(-1), xs.reshape(-1)
+    dist = (ys[:, None] - ys[None]).abs() + (xs[:, None] - xs[None]).abs()  # (T, T)
+    dev = torch.device(device)
+    return ((dist >= 1) & (dist <= pos_dist)).to(dev), (dist >= neg_dist).to(dev)

@@ -138,6 +138,39 @@ def encoder_tokens(encoder: Callable[[torch.Tensor], object], images: torch.Tens
     return tokens
 
 
+class TargetCache:
+    """Encoder target tokens memoised per training-image index (``train.cache_targets``).
+
+    The training images are never augmented, so a deterministic encoder gives an image the same
+    targets at every epoch; each image's tokens are computed the first time it is drawn and kept
+    as float16 (N, T, D). Meant for small datasets such as the CPU study's.
+    """
+
+    def __init__(self, n_items: int) -> None:
+        self.filled = torch.zeros(n_items, dtype=torch.bool)  # (N,)
+        self.store: torch.Tensor | None = None  # (N, T, D) float16, allocated on first use
+
+    def lookup(
+        self,
+        compute: Callable[[torch.Tensor], torch.Tensor],
+        images: torch.Tensor,
+        index: torch.Tensor,
+    ) -> torch.Tensor:
+        """Tokens (M, T, D) for ``images`` (M, 3, H, W) with dataset indices ``index`` (M,)."""
+        index_cpu = index.detach().to("cpu", torch.int64)
+        missing = ~self.filled[index_cpu]  # (M,)
+        if missing.any():
+            fresh = compute(images[missing.to(images.device)])  # (m, T, D)
+            if self.store is None:
+                shape = (len(self.filled), *fresh.shape[1:])
+                self.store = torch.zeros(shape, dtype=torch.float16, device=fresh.device)
+            rows = index_cpu[missing].to(self.store.device)
+            self.store[rows] = fresh.to(torch.float16)
+            self.filled[index_cpu[missing]] = True
+        assert self.store is not None
+        return self.store[index_cpu.to(self.store.device)].float()  # (M, T, D)
+
+
 # ---------------------------------------------------------------------------------------------
 # The alignment module
 # ---------------------------------------------------------------------------------------------

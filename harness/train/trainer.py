@@ -22,7 +22,13 @@ from harness.config.run import RunConfig, identity, run_id
 from harness.errors import StageError
 from harness.logs import event, get_logger
 from harness.train import checkpoint as ckpt
-from harness.train.align import Alignment, check_target, encoder_tokens, resize_tokens
+from harness.train.align import (
+    Alignment,
+    TargetCache,
+    check_target,
+    encoder_tokens,
+    resize_tokens,
+)
 from harness.train.data import (
     StepNoise,
     derive_seed,
@@ -135,6 +141,7 @@ class Trainer:
         self.start_step = 0
         self.checkpoints: dict[int, str] = {}
         self.log = StepLog(out_dir, env, self.cfg, run_id=self.id, aligned=bool(self.encoders))
+        self._target_cache: dict[int, TargetCache] = {}
 
     # -- setup ---------------------------------------------------------------------------------
     def _check_batches(self) -> None:
@@ -340,14 +347,24 @@ class Trainer:
         return sample_posterior(moments, noise.posterior, self._scaling.scale, self._scaling.bias)
 
     @torch.no_grad()
-    def targets(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Normalised target tokens [(M, T, D_k)] of each encoder for uint8 ``images``."""
+    def targets(self, images: torch.Tensor, index: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Normalised target tokens [(M, T, D_k)] of each encoder for uint8 ``images`` (M,3,H,W)
+        whose dataset indices are ``index`` (M,) (used by ``train.cache_targets``)."""
         if self.alignment is None:
             return []
         tokens = []
-        for enc in self.encoders:
-            raw = encoder_tokens(enc, images)  # (M, T_enc, D_k)
-            tokens.append(resize_tokens(raw, tuple(enc.grid), self.grid))  # (M, T, D_k)
+        for k, enc in enumerate(self.encoders):
+
+            def compute(imgs: torch.Tensor, enc: Any = enc) -> torch.Tensor:
+                raw = encoder_tokens(enc, imgs)  # (m, T_enc, D_k)
+                return resize_tokens(raw, tuple(enc.grid), self.grid)  # (m, T, D_k)
+
+            if self.cfg.cache_targets and index is not None:
+                if k not in self._target_cache:
+                    self._target_cache[k] = TargetCache(len(self.dataset))
+                tokens.append(self._target_cache[k].lookup(compute, images, index))
+            else:
+                tokens.append(compute(images))
         return self.alignment.prepare_targets(tokens)
 
     def step_noise(self, index: int) -> StepNoise:
@@ -384,7 +401,7 @@ class Trainer:
             part = noise.slice(m * self.micro_batch, (m + 1) * self.micro_batch)
             no_sync = self.ddp is not None and m < n_micro - 1
             with self.ddp.no_sync() if no_sync else contextlib.nullcontext():  # type: ignore[union-attr]
-                targets = self.targets(batch["image"])
+                targets = self.targets(batch["image"], batch.get("index"))
                 totals += self.forward_backward(batch, part, targets, n_micro)
         grad_norm = self.optimizer_step()
         return torch.cat([totals, grad_norm.reshape(1)])
