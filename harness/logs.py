@@ -46,13 +46,29 @@ def _short(value: Any) -> str:
     return str(value)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time (it may be replaced after setup, e.g.
+    by output capture in tests or a job wrapper), never to a stale, closed stream."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup_logging(verbosity: int = 0, log_file: str | Path | None = None) -> None:
     """Configure the ``harness`` logger once per process (CLI entry or job entry)."""
     root = logging.getLogger("harness")
     root.handlers.clear()
     root.setLevel(logging.DEBUG)
     root.propagate = False
-    console = logging.StreamHandler(sys.stderr)
+    console = _StderrHandler()
     console.setLevel(logging.DEBUG if verbosity > 0 else logging.INFO)
     console.setFormatter(_HumanFormatter())
     root.addHandler(console)

@@ -2,8 +2,8 @@
 # The whole test suite: `scripts/test.sh [PYTEST ARGS...]`
 #
 # Creates .venv when it is missing (scripts/setup.sh: torch/torchvision, then
-# `pip install -e '.[dev]'`), starts the local SLURM cluster (scripts/slurm-local.sh) when SLURM is
-# installed but no node is up, then runs `ruff check` and pytest. Exits non-zero when either
+# `pip install -e '.[dev]'`), installs SLURM + munge when missing (as root, with apt) and starts the
+# local single-node cluster (scripts/slurm-local.sh) when no node is up, then runs `ruff check` and pytest. Exits non-zero when either
 # fails, and when pytest collects no tests.
 #
 #   scripts/test.sh                       # everything
@@ -27,7 +27,10 @@ if [[ ! -x $VENV/bin/pytest ]]; then
   bash "$ROOT/scripts/setup.sh"
 fi
 
-if command -v sbatch >/dev/null 2>&1 && ! slurm_node_up; then
+if ! command -v sbatch >/dev/null 2>&1 && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+  say "no SLURM: installing Debian's slurm-wlm + munge and starting a local single-node cluster"
+  bash "$ROOT/scripts/slurm-local.sh" start --install
+elif command -v sbatch >/dev/null 2>&1 && ! slurm_node_up; then
   say "SLURM is installed but no node is up: starting the local cluster"
   bash "$ROOT/scripts/slurm-local.sh" start
 fi

@@ -7,6 +7,9 @@ failure here, not a silent skip. Add new light modules (``harness.store``, ``har
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import json
 import subprocess
 import sys
@@ -22,6 +25,22 @@ LIGHT_MODULES = [
     "harness.paths",
     "harness.artifacts",
     "harness.io",
+    "harness.config.encoders",
+    "harness.config.metrics",
+    "harness.config.model",
+    "harness.config.train",
+    "harness.config.run",
+    "harness.config.eval",
+    "harness.config.sweep",
+    "harness.config.resources",
+    "harness.plan",
+    "harness.stages",
+    "harness.launch.jobs",
+    "harness.launch.submit",
+    "harness.store",
+    "harness.store.ingest",
+    "harness.store.query",
+    "harness.report.stats",
 ]
 HEAVY = ["torch", "torchvision", "timm", "open_clip", "transformers", "diffusers", "torch_fidelity"]
 
@@ -44,3 +63,30 @@ def test_module_imports_without_heavy_libraries(module: str) -> None:
 def test_cli_parser_with_every_command_imports_without_torch() -> None:
     """``harness --help`` imports every subcommand module: none may import torch at the top."""
     assert _heavy_after("from harness.cli import build_parser\nbuild_parser()") == []
+
+
+def test_only_the_executor_module_imports_submitit() -> None:
+    """submitit is the cluster boundary: exactly one product module imports it."""
+    import harness
+
+    root = Path(harness.__file__).parent
+    importers = sorted(
+        str(p.relative_to(root))
+        for p in root.rglob("*.py")
+        if re.search(r"^\s*(import submitit|from submitit)", p.read_text(), re.M)
+    )
+    assert importers == ["launch/executor.py"]
+
+
+def test_only_the_ingest_module_writes_duckdb() -> None:
+    """DuckDB has one writer: read-write connections are opened only by harness.store.db for
+    harness.store.ingest."""
+    import harness
+
+    root = Path(harness.__file__).parent
+    writers = sorted(
+        str(p.relative_to(root))
+        for p in root.rglob("*.py")
+        if "connect_readwrite(" in p.read_text() and "def connect_readwrite" not in p.read_text()
+    )
+    assert writers == ["store/ingest.py"]

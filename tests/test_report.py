@@ -1,5 +1,9 @@
-"""`harness report`: statistics on a synthetic database with a known answer, the protocol guard,
-the offline HTML, the figures' data tables, bad input, and the named SQL queries."""
+"""`harness report`: statistics on a synthetic study with a known answer, the protocol guard,
+the offline HTML, the figures' data tables, bad input, and the named SQL queries.
+
+Every database is built the real way: :mod:`harness.store.synthetic` writes the artifacts of a
+finished sweep (plan, result.json files, train logs) and :func:`harness.store.ingest.ingest`
+loads them, so the report reads the store's own views."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -27,15 +32,63 @@ from harness.report.labels import place_labels
 from harness.report.options import ReportOptions
 from harness.report.published import reproduction_pairs
 from harness.report.schema import READ_CONTRACT
-from harness.report.synthetic import synthetic_tables, write_database
+from harness.store.ingest import ingest
+from harness.store.published import PUBLISHED_CSV, read_published
+from harness.store.synthetic import (
+    ENCODER_METRICS,
+    FidModel,
+    Manifest,
+    Runs,
+    SyntheticStudy,
+    published_fids,
+    write_study,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"n_boot": 100, "dpi": 50}
+PAPER = "iREPA (arXiv 2512.10794v1)"
+B2_REPA_400K = published_fids(PAPER, "SiT-B/2", "repa", 400_000)  # {published name: gFID}
+# the paper's evaluation protocol, with the real Inception extractor (FID label "FID")
+PROTOCOL = {
+    "num_samples": 10_000,
+    "sampler": "sde-euler",
+    "nfe": 250,
+    "vae": "sd-vae-ft-ema",
+    "extractor_substitute": False,
+}
+# final FID = 45 + model / method offsets - 40·LDS + noise; the linear probe plays no part
+FID = FidModel(
+    intercept=45.0,
+    slope=-40.0,
+    noise=0.5,
+    model_offsets={"SiT-B/2": 20.0, "SiT-L/2": 8.0},
+    method_offsets={"none": 12.0, "irepa": -3.0},
+)
 
 
-def _write(root: Path, tables: dict[str, pd.DataFrame]) -> Path:
-    write_database(root / "harness.duckdb", tables)
-    return root
+def _study(root: Path, **knobs: Any) -> Manifest:
+    """Write a synthetic study's artifacts under ``root`` and ingest them into its database.
+
+    ``protocols`` given here apply on top of :data:`PROTOCOL`."""
+    steps = knobs.get("eval_steps", SyntheticStudy.eval_steps)
+    study = SyntheticStudy(
+        **{
+            "fid": FID,
+            "log_every": max(1, max(steps) // 20),
+            "per_image": 2,
+            **knobs,
+            "protocols": ((Runs(), PROTOCOL), *knobs.get("protocols", ())),
+        }
+    )
+    root.mkdir(parents=True, exist_ok=True)
+    manifest = write_study(root, study)
+    ingest(root)
+    return manifest
+
+
+def _names(published: list[str | None]) -> dict[str, str | None]:
+    """Published names for enc-00, enc-01, ... in order."""
+    return {f"enc-{i:02d}": name for i, name in enumerate(published)}
 
 
 def _report(root: Path, **options: object):
@@ -51,12 +104,16 @@ def _context(root: Path, **options: object) -> ReportContext:
 
 @pytest.fixture(scope="module")
 def study_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """FID = 30 + offsets - 40·LDS + noise; LP drawn independently of everything."""
+    """FID = 45 + offsets - 40·LDS + noise; LP drawn independently of everything. The encoders
+    carry the names of iREPA's SiT-B/2 table, so the reproduction gap has points."""
     root = tmp_path_factory.mktemp("study")
-    tables = synthetic_tables(
-        n_encoders=12, models=("SiT-B/2", "SiT-L/2"), eval_steps=(50_000, 400_000)
+    _study(
+        root,
+        n_encoders=12,
+        models=("SiT-B/2", "SiT-L/2"),
+        eval_steps=(50_000, 400_000),
+        published_names=_names(list(B2_REPA_400K)[:12]),
     )
-    _write(root, tables)
     _report(root)
     return root
 
@@ -160,11 +217,16 @@ def test_html_report_is_self_contained(study_root: Path) -> None:
 
 
 def test_mixed_protocols_are_split_and_never_pooled(tmp_path: Path) -> None:
-    tables = synthetic_tables(n_encoders=10, methods=("repa",), eval_steps=(100_000,))
-    study = tables["v_study"]
-    other = study.encoder.isin([f"enc-0{i}" for i in range(4)]) | study.encoder.isna()
-    study.loc[other, ["protocol_key", "num_samples"]] = ["proto-50k", 50_000]
-    _write(tmp_path, tables)
+    fifty_k = {"num_samples": 50_000}  # enc-00..03 and the baseline: another protocol
+    others = [(Runs(encoder=f"enc-0{i}"), fifty_k) for i in range(4)]
+    manifest = _study(
+        tmp_path,
+        n_encoders=10,
+        methods=("repa",),
+        eval_steps=(100_000,),
+        protocols=(*others, (Runs(method="none"), fifty_k)),
+    )
+    assert len(set(manifest.protocol_keys.values())) == 2
     files = _report(tmp_path)
     split = [w for w in files.warnings if "evaluation protocols" in w]
     assert (
@@ -181,10 +243,8 @@ def test_mixed_protocols_are_split_and_never_pooled(tmp_path: Path) -> None:
 
 
 def test_substitute_extractor_is_labelled_on_every_figure_and_table(tmp_path: Path) -> None:
-    tables = synthetic_tables(n_encoders=6, eval_steps=(10_000, 20_000))
-    tables["v_study"]["extractor"] = "harness-cnn-gen32"
-    tables["v_study"]["extractor_substitute"] = True
-    _write(tmp_path, tables)
+    substitute = {"extractor": "harness-cnn-gen32", "extractor_substitute": True}
+    _study(tmp_path, n_encoders=6, eval_steps=(10_000, 20_000), protocols=((Runs(), substitute),))
     files = _report(tmp_path)
     label = "FD (substitute extractor: harness-cnn-gen32)"
     out = tmp_path / "report"
@@ -202,16 +262,18 @@ def test_substitute_extractor_is_labelled_on_every_figure_and_table(tmp_path: Pa
 
 
 def test_missing_values_are_excluded_and_counted(tmp_path: Path) -> None:
-    tables = synthetic_tables(n_encoders=8, methods=("repa",), seeds=(0, 1), eval_steps=(10, 20))
-    study = tables["v_study"]
-    study.loc[study.encoder.isin(["enc-01", "enc-02"]), "lds"] = None
-    late = study.run_id.eq("synthetic-enc-03-repa-sit-b-2-s1") & study.step.eq(20)
-    study = study.drop(index=study.index[late])
-    study.loc[
-        study.run_id.eq("synthetic-enc-04-repa-sit-b-2-s0") & study.step.eq(20), "train_status"
-    ] = "failed"
-    tables["v_study"] = study
-    _write(tmp_path, tables)
+    late, failed = Runs(encoder="enc-03", seed=1), Runs(encoder="enc-04", seed=0)
+    manifest = _study(
+        tmp_path,
+        n_encoders=8,
+        methods=("repa",),
+        seeds=(0, 1),
+        eval_steps=(10, 20),
+        unmeasured={"enc-01": ("lds",), "enc-02": ("lds",)},  # no LDS for two encoders
+        skip_evals=((late, 20),),  # evaluated at step 10; step 20 not run yet
+        failed=((failed, 15),),  # training failed at step 15: no evaluation at all
+    )
+    (late_id,), (failed_id,) = manifest.run_ids(late), manifest.run_ids(failed)
     files = _report(tmp_path)
     out = tmp_path / "report" / "tables"
     corr = pd.read_csv(out / "correlations.csv")
@@ -220,14 +282,18 @@ def test_missing_values_are_excluded_and_counted(tmp_path: Path) -> None:
     exclusions = pd.read_csv(out / "exclusions.csv")
     assert (exclusions.reason.str.startswith("LDS missing")).sum() == 2
     late_rows = exclusions[exclusions.reason.str.startswith("no FID at step 20")]
-    assert list(late_rows.run_id) == ["synthetic-enc-03-repa-sit-b-2-s1"]
+    assert set(zip(late_rows.run_id, late_rows.reason)) == {
+        (late_id, "no FID at step 20 (training done)"),
+        (failed_id, "no FID at step 20 (training failed)"),
+    }
     points = pd.read_csv(out / "points.csv")
-    assert points.set_index("encoder").n_seeds.to_dict()["enc-03"] == 1
-    assert any("3 exclusion(s)" in w for w in files.warnings)
+    seeds = points.set_index("encoder").n_seeds.to_dict()
+    assert seeds == {f"enc-0{i}": 1 if i in (3, 4) else 2 for i in range(8)}
+    assert any("4 exclusion(s)" in w for w in files.warnings)
 
 
 def test_small_n_is_warned(tmp_path: Path) -> None:
-    _write(tmp_path, synthetic_tables(n_encoders=4, methods=("repa",), eval_steps=(10,)))
+    _study(tmp_path, n_encoders=4, methods=("repa",), eval_steps=(10,))
     files = _report(tmp_path)
     assert any("only n = 4" in w and "indicative only" in w for w in files.warnings)
     svg = (tmp_path / "report" / "figures" / "fid_vs_metrics.svg").read_text()
@@ -240,7 +306,7 @@ def test_small_n_is_warned(tmp_path: Path) -> None:
 def test_empty_database_says_what_to_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _write(tmp_path, {})
+    ingest(tmp_path)  # no artifacts at all: only the papers' numbers
     with pytest.raises(HarnessError, match="no evaluations yet") as info:
         _report(tmp_path)
     assert "harness sweep" in str(info.value) and "harness ingest" in str(info.value)
@@ -250,27 +316,24 @@ def test_empty_database_says_what_to_run(
 
 
 @pytest.mark.parametrize(
-    ("edit", "message"),
+    ("knobs", "message"),
     [
-        (lambda s: s.assign(fid=None), "no FID yet"),
-        (
-            lambda s: s.assign(lp_top1=None, lds=None, cds=None, srss=None, rmsc=None),
-            "no encoder metrics",
-        ),
-        (lambda s: s[s.method == "none"], "only `none`"),
+        ({"eval_metrics": ("isc_mean", "kid_mean")}, "no FID yet"),  # evaluations without FID
+        ({"unmeasured": {f"enc-0{i}": ENCODER_METRICS for i in range(4)}}, "no encoder metrics"),
+        ({"methods": ()}, "only `none`"),  # baselines only
     ],
 )
-def test_missing_metrics_say_what_to_run(tmp_path: Path, edit: object, message: str) -> None:
-    tables = synthetic_tables(n_encoders=4, eval_steps=(10,))
-    tables["v_study"] = edit(tables["v_study"])  # type: ignore[operator]
-    _write(tmp_path, tables)
+def test_missing_metrics_say_what_to_run(
+    tmp_path: Path, knobs: dict[str, Any], message: str
+) -> None:
+    _study(tmp_path, n_encoders=4, eval_steps=(10,), **knobs)
     with pytest.raises(HarnessError, match=re.escape(message)) as info:
         _report(tmp_path)
     assert info.value.hint and ("harness" in info.value.hint)
 
 
 def test_step_and_sweep_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _write(tmp_path, synthetic_tables(n_encoders=5, eval_steps=(100, 200)))
+    _study(tmp_path, n_encoders=5, eval_steps=(100, 200))
     with pytest.raises(HarnessError, match="no FID at step 150") as info:
         _report(tmp_path, step=150)
     assert "100, 200" in str(info.value)
@@ -303,36 +366,59 @@ def test_step_and_sweep_options(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 
 def test_against_published_correlates_encoder_metrics_with_paper_fids(tmp_path: Path) -> None:
-    tables = synthetic_tables(n_encoders=12, eval_steps=(10,))
-    tables["v_study"] = tables["v_study"].iloc[:0]  # no training at all
-    tables["encoders"].loc[11, "published_name"] = None  # one encoder the papers do not have
-    _write(tmp_path, tables)
-    files = _report(tmp_path, against_published=True)
-    corr = pd.read_csv(tmp_path / "report" / "tables" / "correlations.csv")
-    assert set(corr.scope) == {"Synthetic et al. · SiT-B/2 · REPA · 400K steps · cfg 1"}
-    assert (_corr(corr, "lds").r < -0.95).all() and (_corr(corr, "lds").n == 11).all()
+    """No training at all; each encoder's LDS falls linearly with its paper gFID (+ noise)."""
+    table = list(B2_REPA_400K.items())[:12]
+    noise = np.random.default_rng(0).normal(0.0, 0.005, len(table))
+    lds = {f"enc-{i:02d}": {"lds": 0.05 + 0.1 * (27.0 - gfid) + e}
+           for i, ((_, gfid), e) in enumerate(zip(table, noise))}  # fmt: skip
+    names = _names([name for name, _ in table[:11]] + [None])  # one the papers do not have
+    _study(tmp_path / "a", n_encoders=12, models=(), published_names=names, encoder_values=lds)
+    files = _report(tmp_path / "a", against_published=True, min_published_matches=11)
+    corr = pd.read_csv(tmp_path / "a" / "report" / "tables" / "correlations.csv")
+    corr = corr[corr.model != "all models"]
+    main_table = _corr(corr[corr.scope == f"{PAPER} · SiT-B/2 · REPA · 400K steps · cfg 1"], "lds")
+    assert len(main_table) == 1 and main_table.r.item() < -0.95 and main_table.n.item() == 11
+    # one facet per published FID table (numeric steps) holding all 11 named encoders
+    measured = set(names.values()) - {None}
+    tables: dict[tuple[object, ...], set[str]] = {}
+    for row in read_published(PUBLISHED_CSV.read_bytes()):
+        if row["metric"] == "gFID" and (row["train_steps"] or "").isdigit():
+            key = (row["paper"], row["model"], row["method"], row["train_steps"], row["cfg"])
+            tables.setdefault(key, set()).update({row["encoder"]} & measured)
+    assert corr.scope.nunique() == sum(len(found) == 11 for found in tables.values()) > 1
+    assert (corr.n == 11).all()
     assert set(corr.fid_label) == {"published gFID"}
     skipped = {s.name for s in files.skipped}
-    assert {"convergence", "training_curves", "repa_vs_irepa"} <= skipped
-    tables["encoders"]["published_name"] = None
-    _write(tmp_path, tables)
+    assert {"convergence", "training_curves"} <= skipped  # they need training runs
+    _study(tmp_path / "b", n_encoders=12, models=(), published_names=_names([None] * 12))
     with pytest.raises(HarnessError, match="published_name"):
-        _report(tmp_path, against_published=True)
+        _report(tmp_path / "b", against_published=True)
 
 
 def test_reproduction_pairs_match_on_every_setting(tmp_path: Path) -> None:
-    tables = synthetic_tables(
-        n_encoders=5, methods=("repa", "irepa"), eval_steps=(100_000, 400_000)
-    )
-    _write(tmp_path, tables)
-    pairs = _context(tmp_path).reproduction
-    # the synthetic paper has REPA at 400K with cfg 1.0 for every encoder, plus the baseline
-    assert (
-        len(pairs) == 6 and set(pairs.method) == {"repa", "none"} and set(pairs.step) == {400_000}
-    )
-    tables["v_study"]["cfg_scale"] = 2.0
-    _write(tmp_path, tables)
-    assert _context(tmp_path).reproduction.empty
+    names = _names(list(B2_REPA_400K)[:5])
+    knobs = {"n_encoders": 5, "models": ("SiT-B/2",), "eval_steps": (100_000, 400_000)}
+    manifest = _study(tmp_path / "a", published_names=names, **knobs)
+    pairs = _context(tmp_path / "a").reproduction
+    # every no-CFG SiT-B/2 gFID the papers give at our steps, for our encoders or the baseline
+    expected = sorted(
+        (row["encoder"] if row["method"] != "none" else "none", row["method"],
+         int(row["train_steps"]), row["paper"], row["value"])
+        for row in read_published(PUBLISHED_CSV.read_bytes())
+        if row["metric"] == "gFID" and row["model"] == "SiT-B/2" and row["cfg"] == 1.0
+        and row["train_steps"] in ("100000", "400000")
+        and (row["method"] == "none" or row["encoder"] in names.values())
+    )  # fmt: skip
+    published_name = pairs.published_name.where(pairs.method != "none", "none")
+    got = sorted(zip(published_name, pairs.method, pairs.step, pairs.paper, pairs.published))
+    assert got == expected and {"repa", "irepa", "none"} <= set(pairs.method)
+    for row in pairs.itertuples():  # ours: the FID written for that run and step
+        encoder = None if row.method == "none" else row.encoder
+        (run_id,) = manifest.run_ids(Runs(encoder=encoder, method=row.method))
+        assert row.ours == pytest.approx(manifest.fid[(run_id, row.step)])
+    guided = {"cfg_scale": 1.5}  # the papers give no SiT-B/2 gFID at this guidance scale
+    _study(tmp_path / "b", published_names=names, protocols=((Runs(), guided),), **knobs)
+    assert _context(tmp_path / "b").reproduction.empty
 
 
 # ----------------------------------------------------------------------------- pieces

@@ -33,6 +33,16 @@ N = 4
 DETERMINISTIC = ("step", "loss", "flow_loss", "proj_loss", "align_cos", "grad_norm", "lr")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Bit-identity across processes needs the same reduction order: one intra-op thread here
+    and in the subprocesses (other tests may have changed this process's thread count)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def resume_run() -> RunConfig:
     return RunConfig(
         method="irepa",
@@ -126,7 +136,7 @@ def _run_until_ready(script: str, *args: str) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "HARNESS_PROGRESS": "0"},
+        env={**os.environ, "HARNESS_PROGRESS": "0", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
     )
     try:
         line = proc.stdout.readline()

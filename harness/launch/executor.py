@@ -112,6 +112,11 @@ class JobHandle:
         """Local/debug only: whether the job has finished (debug runs it now, in-process)."""
         return True if self.handle is None else bool(self.handle.done())
 
+    def cancel(self) -> None:
+        """Local only: stop the job's process (used when the user interrupts a local sweep)."""
+        if self.handle is not None and not self.handle.done():
+            self.handle.cancel(check=False)
+
     def outcome_error(self) -> str | None:
         """Local/debug only: the job's error text when it did not finish cleanly, else None."""
         if self.handle is None:

@@ -338,6 +338,23 @@ def _run_here(batch: _Batch, on_progress: Callable[[str, str], None] | None) -> 
         if on_progress is not None:
             on_progress(stage.key, state)
 
+    try:
+        _drive_local(batch, pending, running, parallel, poller, state_of, settle)
+    except KeyboardInterrupt:  # leave no orphaned stage processes behind
+        for _stage, handle in running.values():
+            handle.cancel()
+        raise
+
+
+def _drive_local(
+    batch: _Batch,
+    pending: list[PlannedStage],
+    running: dict[str, tuple[PlannedStage, JobHandle]],
+    parallel: int,
+    poller: JobPoller,
+    state_of: dict[str, str],
+    settle: Callable[..., None],
+) -> None:
     while pending or running:
         for key, (stage, handle) in list(running.items()):
             if handle.done():

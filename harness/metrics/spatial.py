@@ -247,11 +247,13 @@ def _basis(h: int, w: int, reach: int, device: str) -> _Basis:
     )
 
 
-def _row_dft(x: torch.Tensor, basis: _Basis) -> torch.Tensor:
-    """Row-direction DFT of a token field: (b, h, w, D) -> (b, K + S, w, D)."""
+def _row_dft(x: torch.Tensor, basis: _Basis, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Row-direction DFT of a token field: (b, h, w, D) -> (b, K + S, w, D) (into ``out``)."""
     b, h, w, d = x.shape
-    out = torch.matmul(basis.dft, x.reshape(b, h, w * d))  # (b, 2K, w*D)
-    return out.view(b, -1, w, d)
+    if out is None:
+        out = x.new_empty(b, basis.dft.shape[0], w, d)
+    torch.matmul(basis.dft, x.reshape(b, h, w * d), out=out.view(b, -1, w * d))
+    return out
 
 
 def _field_sum(f: torch.Tensor) -> torch.Tensor:
@@ -292,10 +294,10 @@ def _chunk_metrics(
 
     reach = max(p.cds_max_dist, p.far_dist - 1, 1)
     basis = _basis(h, w, reach, str(x.device))
-    grid_x = x.view(b, h, w, d)
-    fx = _row_dft(grid_x, basis)
+    fx = _row_dft(x.view(b, h, w, d), basis)
     x_sum = _field_sum(fx)  # (b, D)
     rings = _ring_sums(_corr_table(fx, fx, basis), basis, reach)  # (b, reach+1)
+    del fx  # fewer live buffers while SRSS runs (the allocator then reuses, not refaults, pages)
     pairs = torch.tensor(basis.pairs, dtype=torch.float64, device=x.device)  # (reach+1,)
 
     # LDS: 4-neighbours vs "all pairs minus pairs closer than far_dist"
@@ -339,46 +341,96 @@ def _srss(
 ) -> torch.Tensor:
     """SRSS of normalised tokens x (b, T, D) with foreground masks fg (b, T).
 
-    Only foreground anchors need their similarities, so each image's anchors are gathered
-    (padded to the chunk's largest count) and compared with all tokens in one batched GEMM,
-    (b, anchors, D) @ (b, D, T): exact, and far cheaper than the full T×T matrix when the
-    foreground is a fraction of the image. Images failing the size thresholds are NaN.
+    The per-anchor means are folded into weights that depend on the masks only:
+    SRSS = Σ_a α_a pos(a) − Σ_a β_a neg(a), with α_a = valid_a / (n_pos(a)·n_valid) and
+    β_a = valid_a / (n_neg(a)·n_valid) (counts from one small convolution of the masks).
+    ``pos(a)`` sums over the few offsets 1 <= d <= srss_pos_dist, from per-token dot products.
+    ``neg(a)`` is "all background minus background closer than srss_neg_dist", so
+    Σ_a β_a neg(a) = <Σ_a β_a x_a, Σ_bg x> − Σ_{d(o) < srss_neg_dist} C_o(β·x, bg·x), the
+    cross-correlation table of the two weighted fields from the row-DFT machinery of LDS:
+    O(T·D·(h + srss_neg_dist)) GEMM FLOPs per image instead of (anchors × T × D).
+    Images failing the size thresholds, or without a valid anchor, are NaN.
     """
     b, t, d = x.shape
-    n_fg = fg.sum(1)
-    enough = (n_fg >= max(p.srss_min_fg, 1)) & (t - n_fg >= max(p.srss_min_bg, 1))
-    anchor = fg & enough[:, None]  # (b, T)
-    n_anchor = anchor.sum(1)
-    srss = torch.full((b,), math.nan, dtype=torch.float64, device=x.device)
-    most = int(n_anchor.max())
-    if most == 0:
-        return srss
-    # anchor token indices first (stable), padded with non-anchors that are masked out below
-    order = torch.argsort((~anchor).to(torch.int8), dim=1, stable=True)[:, :most]  # (b, A)
-    real = torch.arange(most, device=x.device)[None] < n_anchor[:, None]  # (b, A)
-    anchors = x.gather(1, order[..., None].expand(-1, -1, d))  # (b, A, D)
-    cos = torch.bmm(anchors, x.transpose(1, 2))  # (b, A, T)
-    positive_ring, negative_far = _srss_rings(grid, p.srss_pos_dist, p.srss_neg_dist, str(x.device))
-    positive = positive_ring[order] & fg[:, None, :]  # (b, A, T): fg tokens at 1 <= d <= d_pos
-    negative = negative_far[order] & ~fg[:, None, :]  # bg tokens at d >= d_neg
-    n_pos, n_neg = positive.sum(-1), negative.sum(-1)
-    per_anchor = (cos * positive).sum(-1).double() / n_pos.clamp(min=1) - (cos * negative).sum(
-        -1
-    ).double() / n_neg.clamp(min=1)
-    valid = real & (n_pos > 0) & (n_neg > 0)
-    n_valid = valid.sum(1)
-    means = (per_anchor * valid).sum(1) / n_valid.clamp(min=1)
-    return torch.where(n_valid > 0, means, srss)
+    h, w = grid
+    bg = ~fg
+    n_fg, n_bg = fg.sum(1), bg.sum(1)  # (b,)
+    enough = (n_fg >= max(p.srss_min_fg, 1)) & (n_bg >= max(p.srss_min_bg, 1))
+    reach = p.srss_neg_dist - 1  # negatives are beyond this distance
+    near_bg, n_pos = _srss_counts(fg, (h, w), p.srss_pos_dist, reach)  # (b, T) each
+    n_neg = n_bg[:, None] - near_bg
+    valid = fg & enough[:, None] & (n_pos > 0) & (n_neg > 0)  # (b, T)
+    n_valid = valid.sum(1)  # (b,)
+    per_image = valid / n_valid.clamp(min=1)[:, None].double()  # (b, T) float64
+    alpha = per_image / n_pos.clamp(min=1)
+    beta = per_image / n_neg.clamp(min=1)
+
+    # positives: per-token dot products at each offset o (half of them: o and -o share one)
+    grid_x = x.view(b, h, w, d)
+    alpha_grid, fg_grid = alpha.view(b, h, w), fg.view(b, h, w)
+    positive = torch.zeros(b, dtype=torch.float64, device=x.device)
+    for src, dst in _half_offsets(h, w, 1, p.srss_pos_dist):
+        dots = (grid_x[:, src[0], src[1]] * grid_x[:, dst[0], dst[1]]).sum(-1)  # (b, h', w')
+        weight = alpha_grid[:, src[0], src[1]] * fg_grid[:, dst[0], dst[1]] + alpha_grid[
+            :, dst[0], dst[1]
+        ] * fg_grid[:, src[0], src[1]]
+        positive += (dots.double() * weight).sum((1, 2))
+
+    # negatives: all background pairs minus those closer than srss_neg_dist
+    basis = _basis(h, w, reach, str(x.device))
+    fields = x.new_empty(2 * b, basis.dft.shape[0], w, d)  # row DFTs of β·x, then of bg·x
+    weighted = torch.mul(x, beta[..., None].to(x.dtype))  # (b, T, D)
+    _row_dft(weighted.view(b, h, w, d), basis, out=fields[:b])
+    torch.mul(x, bg[..., None], out=weighted)
+    _row_dft(weighted.view(b, h, w, d), basis, out=fields[b:])
+    del weighted
+    sums = _field_sum(fields)  # (2b, D) float64: Σ_a β_a x_a, then Σ_bg x
+    table = _corr_table(fields[:b], fields[b:], basis)  # (b, ry+1, 2rx+1)
+    near = 2 * _ring_sums(table, basis, reach).sum(1)  # every offset with d <= reach
+    negative = (sums[:b] * sums[b:]).sum(-1) - near
+
+    srss = positive - negative
+    return torch.where(n_valid > 0, srss, torch.full_like(srss, math.nan))
+
+
+def _half_offsets(
+    h: int, w: int, lo: int, hi: int
+) -> list[tuple[tuple[slice, slice], tuple[slice, slice]]]:
+    """(rows, cols) slices of token p and of token p + o for every offset o = (dy, dx) with
+    lo <= |dy| + |dx| <= hi in one half-plane (dy > 0, or dy = 0 and dx > 0), on an (h, w) grid.
+    """
+    out = []
+    for dy in range(0, min(hi, h - 1) + 1):
+        for dx in range(-min(hi, w - 1), min(hi, w - 1) + 1):
+            if (dy == 0 and dx <= 0) or not lo <= dy + abs(dx) <= hi:
+                continue
+            c0, c1 = max(0, -dx), w - max(0, dx)
+            out.append(((slice(0, h - dy), slice(c0, c1)), (slice(dy, h), slice(c0 + dx, c1 + dx))))
+    return out
+
+
+def _srss_counts(
+    fg: torch.Tensor, grid: tuple[int, int], pos_dist: int, reach: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per token: background tokens at d <= reach, foreground tokens at 1 <= d <= pos_dist.
+
+    Returns two (b, T) float64 tensors (exact integer counts).
+    """
+    h, w = grid
+    kernels = _srss_kernels(h, w, pos_dist, reach, str(fg.device))  # (2, 1, 2ry+1, 2rx+1)
+    ry, rx = (kernels.shape[-2] - 1) // 2, (kernels.shape[-1] - 1) // 2
+    masks = torch.stack([~fg, fg], 1).view(-1, 2, h, w).to(kernels.dtype)  # (b, 2, h, w)
+    counts = F.conv2d(masks, kernels, padding=(ry, rx), groups=2).round().double()
+    counts = counts.view(-1, 2, h * w)
+    return counts[:, 0], counts[:, 1]
 
 
 @lru_cache(maxsize=16)
-def _srss_rings(
-    grid: tuple[int, int], pos_dist: int, neg_dist: int, device: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(T, T) bool: pairs at 1 <= d <= pos_dist, and pairs at d >= neg_dist."""
-    h, w = grid
-    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    ys, xs = ys.reshape(-1), xs.reshape(-1)
-    dist = (ys[:, None] - ys[None]).abs() + (xs[:, None] - xs[None]).abs()  # (T, T)
-    dev = torch.device(device)
-    return ((dist >= 1) & (dist <= pos_dist)).to(dev), (dist >= neg_dist).to(dev)
+def _srss_kernels(h: int, w: int, pos_dist: int, reach: int, device: str) -> torch.Tensor:
+    """(2, 1, 2ry+1, 2rx+1) float32 kernels: d <= reach, and 1 <= d <= pos_dist."""
+    ry, rx = min(max(reach, pos_dist), h - 1), min(max(reach, pos_dist), w - 1)
+    dy = torch.arange(-ry, ry + 1).abs()[:, None]
+    dx = torch.arange(-rx, rx + 1).abs()[None, :]
+    dist = dy + dx
+    kernels = torch.stack([dist <= reach, (dist >= 1) & (dist <= pos_dist)])
+    return kernels[:, None].to(device=torch.device(device), dtype=torch.float32)

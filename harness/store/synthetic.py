@@ -1,29 +1,58 @@
-"""A synthetic but complete study on disk, for the store's tests and benchmark.
+"""A synthetic but complete study on disk, for the store's and the report's tests and benchmarks.
 
 :func:`write_study` writes what a finished sweep leaves under a results root: the saved plan
 (``plans/<sweep>/plan.json``), the submission log (``jobs.jsonl``) and one artifact per stage
 instance (``fid_ref``, per-encoder ``spatial`` and ``probe``, per-run ``train`` with its
 ``train_log.jsonl``, per-run-and-step ``eval``), every one written through
 :func:`harness.artifacts.write_result` with the payload formats of docs/architecture.md.
-Numbers are drawn from a seeded generator and returned in a :class:`Manifest`, so a test can
-compare what the database holds with what was written.
+:func:`harness.store.ingest.ingest` then loads it like any real study. ::
+
+    manifest = write_study(root, SyntheticStudy(n_encoders=12, fid=FidModel(slope=-40.0)))
+    ingest(root)
+
+The generating model is explicit, so a test knows the right answer:
+
+* every encoder's LDS, CDS, SRSS, RMSC and linear-probe top-1 are drawn independently
+  (uniform), unless ``encoder_values`` fixes some of them;
+* a run's FID follows :class:`FidModel`: linear in one encoder metric (LDS by default) plus
+  per-model / per-method offsets and Gaussian noise, approached from above over training steps;
+  every other metric, the linear probe included, plays no part in it;
+* ``unmeasured``, ``eval_metrics``, ``skip_evals`` and ``failed`` leave values out the way real
+  sweeps do (a metric not measured, an evaluation not run yet, a training run that failed);
+* ``protocols`` gives the evaluations of selected runs other protocol fields.
+
+Every number written is returned in a :class:`Manifest`, so a test can compare what the
+database holds with what was written.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness.artifacts import write_result
 from harness.io import content_hash, write_json, write_text
 from harness.paths import plan_dir, stage_dir
+from harness.store.published import PUBLISHED_CSV, read_published
 
-METRICS = ("lds", "cds", "srss", "rmsc")
+METRICS = ("lds", "cds", "srss", "rmsc")  # spatial metrics (the spatial stage)
+ENCODER_METRICS = (*METRICS, "lp_top1")  # + linear-probe top-1 (the probe stage)
+EVAL_VALUES = {  # what every synthetic evaluation reports besides its FID
+    "isc_mean": 2.0,
+    "isc_std": 0.1,
+    "kid_mean": 0.01,
+    "kid_std": 0.001,
+    "precision": 0.5,
+    "recall": 0.4,
+}
+EVAL_METRICS = ("fid", *EVAL_VALUES)  # the metrics keys of an eval payload
 DATA = {  # the generated dataset every synthetic stage uses (one data_key)
     "source": "generated",
     "resolution": 32,
@@ -35,19 +64,83 @@ DATA = {  # the generated dataset every synthetic stage uses (one data_key)
 
 
 @dataclass(frozen=True)
+class Runs:
+    """Selects training runs by their labels; a field left None matches every run."""
+
+    encoder: str | None = None  # encoder name (baseline runs have none: use method="none")
+    method: str | None = None  # none | repa | irepa
+    model: str | None = None  # SiT size
+    seed: int | None = None  # training seed
+
+    def matches(self, labels: Mapping[str, Any]) -> bool:
+        return all(v is None or labels.get(k) == v for k, v in asdict(self).items())
+
+
+@dataclass(frozen=True)
+class FidModel:
+    """How a run's FID is generated.
+
+    ``FID(run, step) = (intercept + model_offsets[model] + method_offsets[method]
+    + slope · encoder[metric]) · (1 + decay · (steps_target / step - 1)) + N(0, noise²)``;
+    baseline (``none``) runs have no encoder term. Offsets default to 0.
+    """
+
+    metric: str = "lds"  # the encoder metric FID depends on
+    intercept: float = 60.0  # FID of a metric value of 0 at the last step
+    slope: float = -50.0  # FID change per unit of the metric
+    noise: float = 1.0  # standard deviation of the Gaussian noise, per evaluation
+    decay: float = 0.5  # how much higher FID is early in training
+    model_offsets: Mapping[str, float] = field(default_factory=dict)  # model -> FID offset
+    method_offsets: Mapping[str, float] = field(default_factory=dict)  # method -> FID offset
+
+    def final(self, model: str, method: str, value: float | None) -> float:
+        """The noise-free FID at the last step (``value``: the encoder's metric, None: none)."""
+        base = self.intercept + self.model_offsets.get(model, 0.0)
+        return base + self.method_offsets.get(method, 0.0) + self.slope * (value or 0.0)
+
+    def at(self, final: float, step: int, steps_target: int, rng: random.Random) -> float:
+        """The FID at ``step`` of a run whose noise-free final FID is ``final``."""
+        return final * (1.0 + self.decay * (steps_target / step - 1.0)) + rng.gauss(0, self.noise)
+
+
+@dataclass(frozen=True)
 class SyntheticStudy:
-    """The shape of a synthetic study: its sweep name and the grid of runs."""
+    """The shape of a synthetic study: its sweep name, the grid of runs and what is missing."""
 
     sweep: str = "synthetic"  # plans/<sweep>/
     n_encoders: int = 4  # encoders enc-00, enc-01, ...
     methods: tuple[str, ...] = ("repa", "irepa")  # alignment methods (+ one 'none' per model/seed)
-    models: tuple[str, ...] = ("SiT-T/2",)  # model sizes
+    models: tuple[str, ...] = ("SiT-T/2",)  # model sizes (none: encoder measurements only)
     seeds: tuple[int, ...] = (0,)  # training seeds
     eval_steps: tuple[int, ...] = (50, 100)  # evaluated checkpoint steps (last = steps_target)
     log_every: int = 10  # train_log.jsonl rows every this many steps
     per_image: int = 8  # rows of each per_image.csv
     seed: int = 0  # seed of the generated numbers
     write_threads: int = 8  # artifacts written in parallel
+    fid: FidModel = field(default_factory=FidModel)  # how FIDs are generated
+    # encoder -> metric values (lds, cds, srss, rmsc, lp_top1) used instead of drawn ones
+    encoder_values: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    # encoder -> metrics not measured (all four spatial ones: no spatial stage; lp_top1: no probe)
+    unmeasured: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # encoder -> published_name (None: the papers do not have it); default Synthetic-<index>
+    published_names: Mapping[str, str | None] = field(default_factory=dict)
+    eval_metrics: tuple[str, ...] = EVAL_METRICS  # metrics every evaluation reports
+    # (runs, protocol fields): the selected runs' evaluations use these fields (applied in order)
+    protocols: tuple[tuple[Runs, Mapping[str, Any]], ...] = ()
+    skip_evals: tuple[tuple[Runs, int], ...] = ()  # (runs, step): evaluation planned, not run
+    failed: tuple[tuple[Runs, int], ...] = ()  # (runs, step): training failed after step; no evals
+
+    def __post_init__(self) -> None:
+        """Refuse knobs that name an unknown encoder or metric (a typo would go unnoticed)."""
+        encoders = set(self.encoders)
+        for knob in ("encoder_values", "unmeasured", "published_names"):
+            if unknown := set(getattr(self, knob)) - encoders:
+                raise ValueError(f"{knob}: unknown encoder(s) {sorted(unknown)}")
+        named = [*self.unmeasured.values(), *self.encoder_values.values(), [self.fid.metric]]
+        if unknown := {m for metrics in named for m in metrics} - set(ENCODER_METRICS):
+            raise ValueError(f"unknown encoder metric(s) {sorted(unknown)}: {ENCODER_METRICS}")
+        if unknown := set(self.eval_metrics) - set(EVAL_METRICS):
+            raise ValueError(f"eval_metrics: unknown {sorted(unknown)}; allowed: {EVAL_METRICS}")
 
     @property
     def encoders(self) -> list[str]:
@@ -57,26 +150,55 @@ class SyntheticStudy:
     def steps_target(self) -> int:
         return max(self.eval_steps)
 
+    def published_name(self, encoder: str) -> str | None:
+        """The encoder's ``published_name`` (default ``Synthetic-<index>``)."""
+        default = f"Synthetic-{self.encoders.index(encoder)}"
+        return self.published_names.get(encoder, default)
+
+    def protocol(self, labels: Mapping[str, Any]) -> dict[str, Any]:
+        """The evaluation protocol of the run with ``labels``."""
+        fields = protocol()
+        for runs, overrides in self.protocols:
+            if runs.matches(labels):
+                fields.update(overrides)
+        return fields
+
 
 @dataclass
 class Manifest:
     """What :func:`write_study` wrote, for comparison with the database."""
 
-    stages: dict[str, list[str]] = field(default_factory=dict)  # stage -> keys
+    stages: dict[str, list[str]] = field(default_factory=dict)  # stage -> planned keys
+    unwritten: set[str] = field(default_factory=set)  # planned keys without an artifact
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)  # run_id -> labels + train_key
-    fid: dict[tuple[str, int], float] = field(default_factory=dict)  # (run_id, step) -> FID
-    encoder_metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # lds.., lp_top1
+    fid: dict[tuple[str, int], float | None] = field(default_factory=dict)  # (run_id, step) -> FID
+    # (run_id, step) -> protocol_key (content hash of the eval's protocol)
+    protocol_keys: dict[tuple[str, int], str] = field(default_factory=dict)
+    # encoder -> lds, cds, srss, rmsc, lp_top1 as the database should show them (None: unmeasured)
+    encoder_metrics: dict[str, dict[str, float | None]] = field(default_factory=dict)
     train_log_rows: int = 0  # rows over all train logs
     per_image_rows: int = 0  # rows over all per-image tables
-    protocol_key: str = ""  # content hash of the eval protocol
 
     @property
     def n_artifacts(self) -> int:
+        """Stage instances planned (each a row of the ``stages`` table)."""
         return sum(len(keys) for keys in self.stages.values())
 
+    @property
+    def protocol_key(self) -> str:
+        """The protocol key of every evaluation (ValueError when they differ)."""
+        keys = set(self.protocol_keys.values())
+        if len(keys) != 1:
+            raise ValueError(f"the evaluations have {len(keys)} protocol keys, not one")
+        return keys.pop()
 
-def encoder_spec(name: str, index: int) -> dict[str, Any]:
-    """A catalogue entry as the plan's spatial / probe stage configs carry it."""
+    def run_ids(self, runs: Runs) -> list[str]:
+        """The ids of the runs ``runs`` selects, sorted."""
+        return sorted(rid for rid, labels in self.runs.items() if runs.matches(labels))
+
+
+def encoder_spec(name: str, index: int, published_name: str | None) -> dict[str, Any]:
+    """A catalogue entry as the plan's spatial / probe / train stage configs carry it."""
     return {
         "name": name,
         "family": "synthetic",
@@ -84,13 +206,13 @@ def encoder_spec(name: str, index: int) -> dict[str, Any]:
         "model_id": f"synthetic/{name}",
         "embed_dim": 64 * (index % 4 + 1),
         "patch_size": 16,
-        "published_name": f"Synthetic-{index}",
+        "published_name": published_name,
         "irepa27": False,
     }
 
 
 def protocol() -> dict[str, Any]:
-    """The evaluation protocol of every synthetic eval."""
+    """The default evaluation protocol of every synthetic eval."""
     return {
         "num_samples": 64,
         "sampler": "sde",
@@ -108,249 +230,324 @@ def protocol() -> dict[str, Any]:
     }
 
 
+def published_fids(paper: str, model: str, method: str, train_steps: int) -> dict[str, float]:
+    """``{published encoder name: gFID}`` of one table of the shipped published results (no CFG),
+    to name synthetic encoders after real ones; a value the paper repeats is averaged."""
+    values: dict[str, list[float]] = {}
+    for row in read_published(PUBLISHED_CSV.read_bytes()):
+        if (row["paper"], row["model"], row["method"], row["train_iters"], row["cfg"]) == (
+            paper,
+            model,
+            method,
+            train_steps,
+            1.0,
+        ) and row["metric"] == "gFID":
+            values.setdefault(row["encoder"], []).append(row["value"])
+    return {name: sum(v) / len(v) for name, v in sorted(values.items())}
+
+
 def write_study(root: Path, study: SyntheticStudy | None = None) -> Manifest:
     """Write the plan, the submission log and every stage artifact of ``study`` under ``root``."""
     study = study or SyntheticStudy()
-    rng = random.Random(study.seed)
-    manifest = Manifest(protocol_key=content_hash(protocol()))
-    planned: list[dict[str, Any]] = []
-    jobs: list[tuple[str, str, dict[str, Any], dict[str, Any], list[dict[str, Any]] | None]] = []
+    builder = _Builder(study)
+    builder.build()
+    builder.write(root)
+    return builder.manifest
 
-    def add(
-        stage: str,
-        key: str,
-        labels: dict[str, Any],
-        config: dict[str, Any],
-        payload: dict[str, Any],
-        needs: list[str],
-        extra: Any = None,
-    ) -> None:
-        manifest.stages.setdefault(stage, []).append(key)
-        label = " ".join(str(v) for v in labels.values()) or stage
-        planned.append(
-            {
-                "key": key,
-                "stage": stage,
-                "label": f"{stage} {label}",
-                "needs": needs,
-                "labels": labels,
-                "est_gpu_hours": 0.01,
-                "config": config,
-            }
-        )
-        jobs.append((stage, key, config, payload, extra))
 
-    ref_config = {"data": DATA, "eval": {"extractor": "inception-v3-compat"}}
-    ref_key = content_hash({"stage": "fid_ref", **ref_config})
-    add(
-        "fid_ref",
-        ref_key,
-        {},
-        ref_config,
-        {
+@dataclass
+class _Stage:
+    """One planned stage instance and, when it ran, its artifact."""
+
+    stage: str
+    key: str
+    labels: dict[str, Any]
+    config: dict[str, Any]
+    needs: list[str]
+    payload: dict[str, Any] | None  # None: planned only (no artifact)
+    submitted: bool = True  # listed in jobs.jsonl
+    status: str = "done"  # result.json status
+    error: str | None = None  # result.json error
+    extra: Any = None  # train_log rows (train) or per-image rows (spatial)
+
+
+class _Builder:
+    """Builds the stage instances of a study, then writes them."""
+
+    def __init__(self, study: SyntheticStudy) -> None:
+        self.study = study
+        self.rng = random.Random(study.seed)
+        self.manifest = Manifest()
+        self.planned: list[_Stage] = []
+        self.encoder_keys: dict[str, list[str]] = {}  # encoder -> its spatial / probe keys
+        self.values: dict[str, dict[str, float]] = {}  # encoder -> true metric values
+        self.ref_key = ""  # the fid_ref stage every eval needs
+
+    def add(self, item: _Stage) -> None:
+        self.manifest.stages.setdefault(item.stage, []).append(item.key)
+        if item.payload is None:
+            self.manifest.unwritten.add(item.key)
+        self.planned.append(item)
+
+    def build(self) -> None:
+        self.ref_key = self._fid_ref()
+        for name in self.study.encoders:
+            self._encoder(name)
+        grid = [(None, "none")] + [(e, m) for e in self.study.encoders for m in self.study.methods]
+        for model in self.study.models:
+            for seed in self.study.seeds:
+                for encoder, method in grid:
+                    self._run(model, seed, encoder, method)
+
+    # ------------------------------------------------------------------------- stage instances
+    def _fid_ref(self) -> str:
+        config = {"data": DATA, "eval": {"extractor": "inception-v3-compat"}}
+        key = content_hash({"stage": "fid_ref", **config})
+        payload = {
             "reference_key": "ref-synthetic",
             "extractor": "inception-v3-compat",
             "n_images": 32,
             "dataset": DATA,
-        },
-        [],
-    )
+        }
+        self.add(_Stage("fid_ref", key, {}, config, [], payload))
+        return key
 
-    encoder_keys: dict[str, list[str]] = {}
-    for index, name in enumerate(study.encoders):
-        spec = encoder_spec(name, index)
-        values = {m: round(rng.uniform(0.05, 0.9), 6) for m in METRICS}
-        values["lp_top1"] = round(rng.uniform(20.0, 85.0), 4)
-        manifest.encoder_metrics[name] = values
-        common = {"encoder": name, "encoder_spec": spec, "data": DATA, "grid": [4, 4]}
-        spatial_config = {**common, "spatial": {"far_dist": 6, "dmax": 8}}
-        per_image = [
-            [i, *(round(values[m] + rng.gauss(0, 0.01), 6) for m in METRICS)]
-            for i in range(study.per_image)
-        ]
-        manifest.per_image_rows += len(per_image)
-        spatial_key = content_hash({"stage": "spatial", **spatial_config})
-        add(
-            "spatial",
-            spatial_key,
-            {"encoder": name},
-            spatial_config,
-            {
+    def _spec(self, name: str) -> dict[str, Any]:
+        study = self.study
+        return encoder_spec(name, study.encoders.index(name), study.published_name(name))
+
+    def _encoder(self, name: str) -> None:
+        study, rng = self.study, self.rng
+        drawn = {m: round(rng.uniform(0.05, 0.9), 6) for m in METRICS}
+        drawn["lp_top1"] = round(rng.uniform(20.0, 85.0), 4)
+        values = {**drawn, **study.encoder_values.get(name, {})}
+        unmeasured = set(study.unmeasured.get(name, ()))
+        self.values[name] = values  # FID depends on them even when unmeasured
+        self.manifest.encoder_metrics[name] = {
+            m: None if m in unmeasured else values[m] for m in ENCODER_METRICS
+        }
+        common = {"encoder": name, "encoder_spec": self._spec(name), "data": DATA, "grid": [4, 4]}
+        keys = []
+        measured = [m for m in METRICS if m not in unmeasured]
+        if measured:
+            config = {**common, "spatial": {"far_dist": 6, "dmax": 8}}
+            per_image = [
+                [
+                    i,
+                    *(
+                        round(values[m] + rng.gauss(0, 0.01), 6) if m in measured else ""
+                        for m in METRICS
+                    ),
+                ]
+                for i in range(study.per_image)
+            ]
+            self.manifest.per_image_rows += len(per_image)
+            key = content_hash({"stage": "spatial", **config})
+            payload = {
                 "encoder": name,
                 "dataset": DATA,
                 "n_images": study.per_image,
                 "grid": [4, 4],
                 "metrics": {
-                    m: {"mean": values[m], "std": 0.01, "n": study.per_image} for m in METRICS
+                    m: {"mean": values[m], "std": 0.01, "n": study.per_image} for m in measured
                 },
                 "params": {"far_dist": 6, "dmax": 8},
-            },
-            [],
-            per_image,
-        )
-        probe_config = {**common, "probe": {"pooling": "mean"}}
-        probe_key = content_hash({"stage": "probe", **probe_config})
-        add(
-            "probe",
-            probe_key,
-            {"encoder": name},
-            probe_config,
-            {
+            }
+            self.add(
+                _Stage("spatial", key, {"encoder": name}, config, [], payload, extra=per_image)
+            )
+            keys.append(key)
+        if "lp_top1" not in unmeasured:
+            config = {**common, "probe": {"pooling": "mean"}}
+            key = content_hash({"stage": "probe", **config})
+            top1 = values["lp_top1"]
+            payload = {
                 "encoder": name,
                 "pooling": "mean",
-                "top1": values["lp_top1"],
-                "top5": min(100.0, values["lp_top1"] + 10),
+                "top1": top1,
+                "top5": min(100.0, top1 + 10),
                 "best_lr": 0.01,
                 "grid": [
-                    {"lr": 0.001, "holdout_top1": values["lp_top1"] - 1},
-                    {"lr": 0.01, "holdout_top1": values["lp_top1"]},
+                    {"lr": 0.001, "holdout_top1": top1 - 1},
+                    {"lr": 0.01, "holdout_top1": top1},
                 ],
                 "n_train": 64,
                 "n_val": 32,
                 "subset_per_class": None,
                 "features_key": content_hash(["features", name]),
-            },
-            [],
-        )
-        encoder_keys[name] = [spatial_key, probe_key]
+            }
+            self.add(_Stage("probe", key, {"encoder": name}, config, [], payload))
+            keys.append(key)
+        self.encoder_keys[name] = keys
 
-    grid = [(None, "none")] + [(e, m) for e in study.encoders for m in study.methods]
-    for model in study.models:
-        for seed in study.seeds:
-            for encoder, method in grid:
-                _add_run(
-                    study, rng, manifest, add, ref_key, encoder_keys, model, seed, encoder, method
-                )
-
-    plan = {
-        "schema": 1,
-        "sweep": study.sweep,
-        "created_at": time.time(),
-        "git_sha": None,
-        "config": {"synthetic": True, "n_encoders": study.n_encoders},
-        "stages": planned,
-    }
-    write_json(plan_dir(root, study.sweep) / "plan.json", plan)
-    submitted_at = time.time()
-    write_text(
-        plan_dir(root, study.sweep) / "jobs.jsonl",
-        "".join(
-            f'{{"key": "{key}", "job_id": "{1000 + i}", "executor": "debug", '
-            f'"submitted_at": {submitted_at}, "attempt": 0}}\n'
-            for i, (_, key, _, _, _) in enumerate(jobs)
-        ),
-    )
-    with ThreadPoolExecutor(study.write_threads) as pool:
-        list(pool.map(lambda job: _write_artifact(root, *job), jobs))
-    return manifest
-
-
-def _add_run(
-    study: SyntheticStudy,
-    rng: random.Random,
-    manifest: Manifest,
-    add: Any,
-    ref_key: str,
-    encoder_keys: dict[str, list[str]],
-    model: str,
-    seed: int,
-    encoder: str | None,
-    method: str,
-) -> None:
-    run_id = content_hash({"encoder": encoder, "method": method, "model": model, "seed": seed})
-    labels = {"encoder": encoder, "method": method, "model": model, "seed": seed, "run_id": run_id}
-    run = {
-        "data": DATA,
-        "encoder": encoder,
-        "method": method,
-        "model": {"name": model},
-        "seed": seed,
-        "train": {"steps": study.steps_target},
-    }
-    spec = encoder_spec(encoder, study.encoders.index(encoder)) if encoder else None
-    train_config = {"run": run, "run_id": run_id, "encoder_spec": spec}
-    train_key = content_hash({"stage": "train", **train_config})
-    log_rows = [
-        {
-            "step": step,
-            "loss": round(1.0 / (1 + step / 50), 6),
-            "flow_loss": 0.5,
-            "proj_loss": 0.0 if method == "none" else -0.5,
-            "align_cos": 0.5,
-            "grad_norm": 1.0,
-            "lr": 1e-4,
-            "images_per_s": 100.0,
-            "time": float(step),
+    def _run(self, model: str, seed: int, encoder: str | None, method: str) -> None:
+        study, rng = self.study, self.rng
+        target = study.steps_target
+        run_id = content_hash({"encoder": encoder, "method": method, "model": model, "seed": seed})
+        labels = {
+            "encoder": encoder,
+            "method": method,
+            "model": model,
+            "seed": seed,
+            "run_id": run_id,
         }
-        for step in range(study.log_every, study.steps_target + 1, study.log_every)
-    ]
-    manifest.train_log_rows += len(log_rows)
-    last = log_rows[-1] if log_rows else {}
-    add(
-        "train",
-        train_key,
-        labels,
-        train_config,
-        {
+        failed_at = next((s for runs, s in study.failed if runs.matches(labels)), None)
+        reached = target if failed_at is None else failed_at
+        run = {
+            "data": DATA,
+            "encoder": encoder,
+            "method": method,
+            "model": {"name": model},
+            "seed": seed,
+            "train": {"steps": target},
+        }
+        config = {
+            "run": run,
+            "run_id": run_id,
+            "encoder_spec": self._spec(encoder) if encoder else None,
+        }
+        train_key = content_hash({"stage": "train", **config})
+        log_rows = [
+            _log_row(step, target, aligned=method != "none")
+            for step in range(study.log_every, reached + 1, study.log_every)
+        ]
+        self.manifest.train_log_rows += len(log_rows)
+        last = log_rows[-1] if log_rows else {}
+        payload = {
             "run_id": run_id,
             "encoder": encoder,
             "method": method,
             "model": model,
             "seed": seed,
-            "steps_target": study.steps_target,
-            "steps_done": study.steps_target,
+            "steps_target": target,
+            "steps_done": reached,
             "final": {k: last.get(k) for k in ("loss", "flow_loss", "proj_loss", "align_cos")},
             "images_per_s": 100.0,
             "checkpoints": {},
             "diverged": None,
-        },
-        encoder_keys.get(encoder or "", []),
-        log_rows,
-    )
-    manifest.runs[run_id] = {**labels, "train_key": train_key}
-    base = 60.0 - (0.0 if encoder is None else 50.0 * manifest.encoder_metrics[encoder]["lds"])
-    for step in study.eval_steps:
-        fid = round(base * (1.0 + study.steps_target / step) / 2 + rng.gauss(0, 1.0), 4)
-        manifest.fid[(run_id, step)] = fid
-        eval_config = {"run_id": run_id, "step": step, "eval": protocol(), "model": {"name": model}}
-        add(
-            "eval",
-            content_hash({"stage": "eval", **eval_config, "train": train_key}),
-            {**labels, "step": step},
-            eval_config,
-            {
+        }
+        self.add(
+            _Stage(
+                "train",
+                train_key,
+                labels,
+                config,
+                self.encoder_keys.get(encoder or "", []),
+                payload,
+                status="done" if failed_at is None else "failed",
+                error=None if failed_at is None else f"synthetic failure after step {failed_at}",
+                extra=log_rows,
+            )
+        )
+        self.manifest.runs[run_id] = {**labels, "train_key": train_key}
+        value = self.values[encoder][study.fid.metric] if encoder else None
+        final = study.fid.final(model, method, value)
+        fields = study.protocol(labels)
+        for step in study.eval_steps:
+            config = {"run_id": run_id, "step": step, "eval": fields, "model": {"name": model}}
+            key = content_hash({"stage": "eval", **config, "train": train_key})
+            skipped = any(runs.matches(labels) and s == step for runs, s in study.skip_evals)
+            stage = _Stage(
+                "eval", key, {**labels, "step": step}, config, [train_key, self.ref_key], None
+            )
+            fid = round(study.fid.at(final, step, target, rng), 4)
+            if failed_at is not None or skipped:
+                stage.submitted = failed_at is None  # waiting, or never submitted (train failed)
+                self.add(stage)
+                continue
+            metrics = {"fid": fid, **EVAL_VALUES}
+            stage.payload = {
                 "run_id": run_id,
                 "step": step,
-                "metrics": {
-                    "fid": fid,
-                    "isc_mean": 2.0,
-                    "isc_std": 0.1,
-                    "kid_mean": 0.01,
-                    "kid_std": 0.001,
-                    "precision": 0.5,
-                    "recall": 0.4,
-                },
-                "protocol": protocol(),
-            },
-            [train_key, ref_key],
+                "metrics": {k: v for k, v in metrics.items() if k in study.eval_metrics},
+                "protocol": fields,
+            }
+            self.manifest.fid[(run_id, step)] = fid if "fid" in study.eval_metrics else None
+            self.manifest.protocol_keys[(run_id, step)] = content_hash(fields)
+            self.add(stage)
+
+    # ------------------------------------------------------------------------- files
+    def write(self, root: Path) -> None:
+        study = self.study
+        plan = {
+            "schema": 1,
+            "sweep": study.sweep,
+            "created_at": time.time(),
+            "git_sha": None,
+            "config": {"synthetic": True, "n_encoders": study.n_encoders},
+            "stages": [
+                {
+                    "key": s.key,
+                    "stage": s.stage,
+                    "label": f"{s.stage} {' '.join(str(v) for v in s.labels.values())}".strip(),
+                    "needs": s.needs,
+                    "labels": s.labels,
+                    "est_gpu_hours": 0.01,
+                    "config": s.config,
+                }
+                for s in self.planned
+            ],
+        }
+        write_json(plan_dir(root, study.sweep) / "plan.json", plan)
+        submitted_at = time.time()
+        jobs = [s for s in self.planned if s.submitted]
+        write_text(
+            plan_dir(root, study.sweep) / "jobs.jsonl",
+            "".join(
+                _jsonl(
+                    {
+                        "key": s.key,
+                        "job_id": str(1000 + i),
+                        "executor": "debug",
+                        "submitted_at": submitted_at,
+                        "attempt": 0,
+                    }
+                )
+                for i, s in enumerate(jobs)
+            ),
         )
+        written = [s for s in self.planned if s.payload is not None]
+        with ThreadPoolExecutor(study.write_threads) as pool:
+            list(pool.map(lambda s: _write_artifact(root, s), written))
 
 
-def _write_artifact(
-    root: Path, stage: str, key: str, config: dict[str, Any], payload: dict[str, Any], extra: Any
-) -> None:
-    out = stage_dir(root, stage, key)
+def _log_row(step: int, target: int, *, aligned: bool) -> dict[str, Any]:
+    """One train_log.jsonl row: losses fall and the alignment rises over training."""
+    decay = math.exp(-3.0 * step / target)
+    return {
+        "step": step,
+        "loss": round(0.5 + decay, 6),
+        "flow_loss": round(0.5 + 0.8 * decay, 6),
+        "proj_loss": round(-(0.8 - 0.5 * decay), 6) if aligned else 0.0,
+        "align_cos": round(0.8 - 0.5 * decay, 6) if aligned else None,
+        "grad_norm": round(1.0 + decay, 6),
+        "lr": 1e-4,
+        "images_per_s": 100.0,
+        "time": float(step),
+    }
+
+
+def _write_artifact(root: Path, item: _Stage) -> None:
+    out = stage_dir(root, item.stage, item.key)
     out.mkdir(parents=True, exist_ok=True)
-    if stage == "train":
-        write_text(out / "train_log.jsonl", "".join(_jsonl(row) for row in extra))
-    elif stage == "spatial":
+    if item.stage == "train":
+        write_text(out / "train_log.jsonl", "".join(_jsonl(row) for row in item.extra))
+    elif item.stage == "spatial":
         header = "index," + ",".join(METRICS) + "\n"
         write_text(
             out / "per_image.csv",
-            header + "".join(",".join(str(v) for v in row) + "\n" for row in extra),
+            header + "".join(",".join(str(v) for v in row) + "\n" for row in item.extra),
         )
+    assert item.payload is not None
     write_result(
-        out, stage=stage, key=key, config=config, payload=payload, started_at=time.time() - 1.0
+        out,
+        stage=item.stage,
+        key=item.key,
+        config=item.config,
+        payload=item.payload,
+        status=item.status,
+        error=item.error,
+        started_at=time.time() - 1.0,
     )
 
 
