@@ -7,12 +7,11 @@ failure here, not a silent skip. Add new light modules (``harness.store``, ``har
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 

@@ -13,6 +13,8 @@ Modules (import what you need; nothing heavy is imported here):
   the papers' published FIDs (``--against-published``);
 * :mod:`~harness.report.render` — ``index.html`` (self-contained), ``report.md``,
   ``tables/*.csv``, ``figures/``; :mod:`~harness.report.build` — ``build_report`` end to end;
-* :mod:`~harness.report.schema` — the columns the report reads (its contract with the store);
-  :mod:`~harness.report.synthetic` — a database with that shape and a known answer.
+* :mod:`~harness.report.schema` — the columns the report reads (its contract with the store).
+
+Tests and benchmarks build their databases the way a study does: synthetic artifacts
+(:mod:`harness.store.synthetic`) loaded by the real :func:`harness.store.ingest.ingest`.
 """

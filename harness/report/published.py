@@ -47,6 +47,12 @@ def model_key(name: object) -> str:
 def published_fids(published: pd.DataFrame) -> pd.DataFrame:
     """The published FIDs with numeric ``train_steps`` and ``cfg`` and a ``model_key``."""
     fids = published[published.metric.str.lower().isin(FID_METRICS)].copy()
+    # Only the plain REPA / iREPA recipe with the papers' 250-step sampler is what a sweep runs:
+    # rows from other recipes (REPA-E, MeanFlow) or other NFEs never pair with ours.
+    note = fids.source_note.fillna("")
+    other_recipe = note.str.contains("recipe=", regex=False)
+    other_nfe = note.str.contains(r"NFE=\d", regex=True) & ~note.str.contains("NFE=250", regex=False)
+    fids = fids[~(other_recipe | other_nfe)]
     fids["train_steps"] = pd.to_numeric(fids.train_steps, errors="coerce")
     fids["cfg"] = pd.to_numeric(fids.cfg, errors="coerce")
     fids["model_key"] = fids.model.map(model_key)

@@ -2,7 +2,7 @@
 
 ``harness.store`` owns the database; this module only names the tables/views and columns the
 report depends on, with their DuckDB types, so that reading fails loudly (not silently) when the
-schema drifts, and so that tests and benchmarks can build a database with exactly this shape.
+schema drifts, and so that a test can check it against the store's schema.
 """
 
 from __future__ import annotations
