@@ -48,6 +48,9 @@ def harness(root: Path, *args: str) -> int:
     return main(["--results", str(root), *args])
 
 
+STUDY_SET = ("--set", "encoders=[pixels, noise, hog]", "--set", "eval.at_steps=[2, 4]")
+
+
 def sweep_args(*extra: str) -> list[str]:
     return ["sweep", CATALOGUE, "--sweep", TINY, "--executor", "slurm", *extra]
 
@@ -97,7 +100,8 @@ def root(slurm_cluster, tmp_path):
 @pytest.fixture(scope="module")
 def finished_tiny(slurm_cluster, tmp_path_factory):
     root = tmp_path_factory.mktemp("slurm") / "results"
-    assert harness(root, *sweep_args("--wait")) == 0
+    # the reduced study: 3 control encoders x {REPA, iREPA} + none, evaluated at two steps
+    assert harness(root, *sweep_args("--wait", *STUDY_SET)) == 0
     return root
 
 
@@ -114,7 +118,7 @@ def test_tiny_sweep_runs_to_completion_through_sbatch(finished_tiny):
     assert {r["executor"] for r in submitted} == {"slurm"}
     # one job array per stage kind: the two spatial stages share an array job id
     spatial = [r["job_id"] for r in submitted if r["stage"] == "spatial"]
-    assert len(spatial) == 2 and len({j.split("_")[0] for j in spatial}) == 1
+    assert len(spatial) == 3 and len({j.split("_")[0] for j in spatial}) == 1
 
 
 def test_v_study_has_every_run_and_metric(finished_tiny):
@@ -122,13 +126,26 @@ def test_v_study_has_every_run_and_metric(finished_tiny):
 
     with duckdb.connect(str(finished_tiny / "harness.duckdb"), read_only=True) as con:
         frame = con.sql("SELECT * FROM v_study ORDER BY run_id, step").df()
-    assert len(frame) == 5  # {pixels, noise} x {repa, irepa} + none, one eval step each
+    assert len(frame) == 14  # ({pixels, noise, hog} x {repa, irepa} + none) x steps {2, 4}
     assert set(frame["method"]) == {"none", "repa", "irepa"}
-    assert frame["fid"].notna().all() and (frame["step"] == 4).all()
+    assert frame["fid"].notna().all() and set(frame["step"]) == {2, 4}
+    assert (frame.groupby("run_id")["step"].count() == 2).all()
     encoder_runs = frame[frame["method"] != "none"]
     for column in ("lp_top1", "lds", "cds", "srss", "rmsc"):
         assert encoder_runs[column].notna().all(), column
     assert frame[frame["method"] == "none"]["lds"].isna().all()
+
+
+def test_report_of_the_reduced_study_has_every_figure(finished_tiny, tmp_path):
+    out = tmp_path / "report"
+    assert harness(finished_tiny, "report", "--out", str(out)) == 0
+    figures = {p.stem for p in (out / "figures").glob("*.png")}
+    assert {"fid_vs_metrics", "repa_vs_irepa", "convergence", "training_curves",
+            "correlation_heatmap"} <= figures  # fmt: skip
+    html = (out / "index.html").read_text()
+    assert "substitute extractor" in html and "http://" not in html and "https://" not in html
+    for figure in figures:
+        assert (out / "tables" / f"{figure}.csv").exists(), figure
 
 
 def test_rerun_submits_nothing_and_train_steps_replan_only_train_and_eval(finished_tiny):

@@ -106,15 +106,14 @@ def spatial_metrics(
     p = _params(params)
     who = f"encoder {name!r}" if name else "spatial_metrics"
     features, (h, w) = _check_features(features, grid, who)
-    if masks is not None:
-        masks = _check_masks(masks, features.shape, who)
+    srss = None if masks is None else _srss_weights(_check_masks(masks, features.shape, who), (h, w), p)
     chunk = max(1, p.chunk_bytes // max(1, h * w * features.shape[-1] * 4))
     parts: list[dict[str, torch.Tensor]] = []
     for start in range(0, features.shape[0], chunk):
         stop = start + chunk
         parts.append(
             _chunk_metrics(
-                features[start:stop], h, w, None if masks is None else masks[start:stop], p
+                features[start:stop], h, w, None if srss is None else srss[start:stop], p
             )
         )
     return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
@@ -283,7 +282,7 @@ def _ring_sums(table: torch.Tensor, basis: _Basis, reach: int) -> torch.Tensor:
 
 
 def _chunk_metrics(
-    feats: torch.Tensor, h: int, w: int, masks: torch.Tensor | None, p: SpatialParams
+    feats: torch.Tensor, h: int, w: int, srss: _SrssWeights | None, p: SpatialParams
 ) -> dict[str, torch.Tensor]:
     b, t, d = feats.shape
     feats = feats.to(torch.float32)
@@ -319,8 +318,8 @@ def _chunk_metrics(
         out["cds"] = torch.zeros(b, dtype=torch.float64, device=x.device)
 
     out["rmsc"] = _rmsc(x, sq_norms, x_sum)
-    if masks is not None:
-        out["srss"] = _srss(x, masks, (h, w), p)
+    if srss is not None:
+        out["srss"] = _srss(x, srss, (h, w), p)
     return out
 
 
@@ -336,101 +335,144 @@ def _rmsc(x: torch.Tensor, sq_norms: torch.Tensor, x_sum: torch.Tensor) -> torch
     return mean_sq.sqrt()
 
 
-def _srss(
-    x: torch.Tensor, fg: torch.Tensor, grid: tuple[int, int], p: SpatialParams
-) -> torch.Tensor:
-    """SRSS of normalised tokens x (b, T, D) with foreground masks fg (b, T).
+@dataclass(frozen=True)
+class _SrssWeights:
+    """What SRSS needs from the masks alone, for a batch of images (all (B, T) but n_valid).
 
-    The per-anchor means are folded into weights that depend on the masks only:
-    SRSS = Σ_a α_a pos(a) − Σ_a β_a neg(a), with α_a = valid_a / (n_pos(a)·n_valid) and
-    β_a = valid_a / (n_neg(a)·n_valid) (counts from one small convolution of the masks).
-    ``pos(a)`` sums over the few offsets 1 <= d <= srss_pos_dist, from per-token dot products.
-    ``neg(a)`` is "all background minus background closer than srss_neg_dist", so
-    Σ_a β_a neg(a) = <Σ_a β_a x_a, Σ_bg x> − Σ_{d(o) < srss_neg_dist} C_o(β·x, bg·x), the
-    cross-correlation table of the two weighted fields from the row-DFT machinery of LDS:
-    O(T·D·(h + srss_neg_dist)) GEMM FLOPs per image instead of (anchors × T × D).
-    Images failing the size thresholds, or without a valid anchor, are NaN.
+    SRSS = Σ_a α_a pos(a) − Σ_a β_a neg(a) with α_a = valid_a / (n_pos(a)·n_valid) and
+    β_a = valid_a / (n_neg(a)·n_valid): per-anchor means folded into per-token weights.
+    """
+
+    fg: torch.Tensor  # bool: foreground
+    alpha: torch.Tensor  # float64: weight of each anchor's positive sum (0: not a valid anchor)
+    beta: torch.Tensor  # float64: weight of each anchor's negative sum
+    near: torch.Tensor  # bool: has background within reach (d < srss_neg_dist)
+    partner: torch.Tensor  # bool: background with foreground within reach
+    n_valid: torch.Tensor  # (B,) long: valid anchors per image
+
+    def __getitem__(self, index: slice) -> _SrssWeights:
+        return _SrssWeights(*(getattr(self, f.name)[index] for f in fields(self)))
+
+
+def _srss_weights(fg: torch.Tensor, grid: tuple[int, int], p: SpatialParams) -> _SrssWeights:
+    """Counts of every anchor's positives and negatives (one small convolution of the masks)."""
+    bg = ~fg
+    n_fg, n_bg = fg.sum(1), bg.sum(1)  # (B,)
+    enough = (n_fg >= max(p.srss_min_fg, 1)) & (n_bg >= max(p.srss_min_bg, 1))
+    near_bg, n_pos, near_fg = _srss_counts(fg, grid, p.srss_pos_dist, p.srss_neg_dist - 1)
+    n_neg = n_bg[:, None] - near_bg  # background at d >= srss_neg_dist
+    valid = fg & enough[:, None] & (n_pos > 0) & (n_neg > 0)  # (B, T)
+    n_valid = valid.sum(1)
+    per_image = valid / n_valid.clamp(min=1)[:, None].double()
+    alpha, beta = per_image / n_pos.clamp(min=1), per_image / n_neg.clamp(min=1)
+    return _SrssWeights(fg, alpha, beta, near_bg > 0, bg & (near_fg > 0), n_valid)
+
+
+def _srss(x: torch.Tensor, sw: _SrssWeights, grid: tuple[int, int], p: SpatialParams) -> torch.Tensor:
+    """SRSS of normalised tokens x (b, T, D) from mask-derived weights (see _SrssWeights).
+
+    Negatives are "all background minus background within reach (d < srss_neg_dist)":
+    Σ_a β_a neg(a) = <Σ_a β_a x_a, Σ_bg x> − Σ_a β_a near(a), so beyond one weighted sum per
+    image only pairs within reach count. near(a) is non-zero only for anchors with background
+    within reach: one GEMM per image and band of rows, those anchors × the background that has
+    foreground within reach (rows within reach), masked by distance. Positives are the dot
+    products of the few (anchor, foreground neighbour) pairs. Cost ~ boundary anchors × nearby
+    background × D, not T² × D. Images without a valid anchor are NaN.
     """
     b, t, d = x.shape
     h, w = grid
-    bg = ~fg
-    n_fg, n_bg = fg.sum(1), bg.sum(1)  # (b,)
-    enough = (n_fg >= max(p.srss_min_fg, 1)) & (n_bg >= max(p.srss_min_bg, 1))
-    reach = p.srss_neg_dist - 1  # negatives are beyond this distance
-    near_bg, n_pos = _srss_counts(fg, (h, w), p.srss_pos_dist, reach)  # (b, T) each
-    n_neg = n_bg[:, None] - near_bg
-    valid = fg & enough[:, None] & (n_pos > 0) & (n_neg > 0)  # (b, T)
-    n_valid = valid.sum(1)  # (b,)
-    per_image = valid / n_valid.clamp(min=1)[:, None].double()  # (b, T) float64
-    alpha = per_image / n_pos.clamp(min=1)
-    beta = per_image / n_neg.clamp(min=1)
+    reach = p.srss_neg_dist - 1
+    weights = torch.stack([sw.beta, (~sw.fg).double()], 1).to(x.dtype)  # (b, 2, T)
+    sums = torch.bmm(weights, x).double()  # (b, 2, D): Σ_a β_a x_a, Σ_bg x
+    srss = -(sums[:, 0] * sums[:, 1]).sum(-1)
 
-    # positives: per-token dot products at each offset o (half of them: o and -o share one)
-    grid_x = x.view(b, h, w, d)
-    alpha_grid, fg_grid = alpha.view(b, h, w), fg.view(b, h, w)
-    positive = torch.zeros(b, dtype=torch.float64, device=x.device)
-    for src, dst in _half_offsets(h, w, 1, p.srss_pos_dist):
-        dots = (grid_x[:, src[0], src[1]] * grid_x[:, dst[0], dst[1]]).sum(-1)  # (b, h', w')
-        weight = alpha_grid[:, src[0], src[1]] * fg_grid[:, dst[0], dst[1]] + alpha_grid[
-            :, dst[0], dst[1]
-        ] * fg_grid[:, src[0], src[1]]
-        positive += (dots.double() * weight).sum((1, 2))
+    # positives: pairs (p, p + o) over half the offsets (o and -o share one dot product)
+    flat, alpha, fg = x.reshape(b * t, d), sw.alpha.flatten(), sw.fg.flatten()
+    table = _half_neighbours(grid, p.srss_pos_dist, str(x.device))  # (T, P/2), -1 outside
+    first = torch.nonzero(fg).flatten()  # (F,) fg tokens of the chunk; a pair needs two
+    second = (first - first % t)[:, None] + table[first % t]  # (F, P/2)
+    inside = table[first % t] >= 0
+    second = torch.where(inside, second, first[:, None])
+    pair = alpha[first, None] * fg[second] + alpha[second] * fg[first, None]  # (F, P/2)
+    which = torch.nonzero(pair * inside)  # (n, 2)
+    one, two = first[which[:, 0]], second[which[:, 0], which[:, 1]]
+    dots = (flat.index_select(0, one) * flat.index_select(0, two)).sum(-1)  # (n,)
+    srss.index_add_(0, one // t, dots.double() * pair[which[:, 0], which[:, 1]])
 
-    # negatives: all background pairs minus those closer than srss_neg_dist
-    basis = _basis(h, w, reach, str(x.device))
-    fields = x.new_empty(2 * b, basis.dft.shape[0], w, d)  # row DFTs of β·x, then of bg·x
-    weighted = torch.mul(x, beta[..., None].to(x.dtype))  # (b, T, D)
-    _row_dft(weighted.view(b, h, w, d), basis, out=fields[:b])
-    torch.mul(x, bg[..., None], out=weighted)
-    _row_dft(weighted.view(b, h, w, d), basis, out=fields[b:])
-    del weighted
-    sums = _field_sum(fields)  # (2b, D) float64: Σ_a β_a x_a, then Σ_bg x
-    table = _corr_table(fields[:b], fields[b:], basis)  # (b, ry+1, 2rx+1)
-    near = 2 * _ring_sums(table, basis, reach).sum(1)  # every offset with d <= reach
-    negative = (sums[:b] * sums[b:]).sum(-1) - near
+    # near background: anchors with background within reach × background within reach of fg
+    anchors = (sw.alpha > 0) & sw.near
+    coords = _coords(grid, str(x.device))  # (T, 2)
+    band = max(reach + 1, -(-h // 4))  # rows of anchors per GEMM
+    starts = torch.arange(0, h, band, device=x.device)
+    banded = band + 2 * reach < h
+    for i in torch.nonzero(anchors.any(1)).flatten().tolist():
+        rows = torch.nonzero(anchors[i]).flatten()  # (A,) in token order
+        cols = torch.nonzero(sw.partner[i]).flatten()  # (B,)
+        xa = x[i].index_select(0, rows) * sw.beta[i].index_select(0, rows)[:, None].to(x.dtype)
+        xb = x[i].index_select(0, cols)
+        close = (coords[rows, None] - coords[None, cols]).abs().sum(-1) <= reach  # (A, B)
+        if not banded:
+            srss[i] += ((xa @ xb.T) * close).sum(dtype=torch.float64)
+            continue
+        a_cut = torch.searchsorted(rows, torch.cat([starts, starts[-1:] + band]) * w).tolist()
+        b_lo = torch.searchsorted(cols, (starts - reach) * w).tolist()
+        b_hi = torch.searchsorted(cols, (starts + band + reach) * w).tolist()
+        for j in range(len(b_lo)):
+            a0, a1, b0, b1 = a_cut[j], a_cut[j + 1], b_lo[j], b_hi[j]
+            if a0 < a1 and b0 < b1:
+                gram = xa[a0:a1] @ xb[b0:b1].T  # (A_j, B_j)
+                srss[i] += (gram * close[a0:a1, b0:b1]).sum(dtype=torch.float64)
+    return torch.where(sw.n_valid > 0, srss, torch.full_like(srss, math.nan))
 
-    srss = positive - negative
-    return torch.where(n_valid > 0, srss, torch.full_like(srss, math.nan))
+
+@lru_cache(maxsize=16)
+def _half_neighbours(grid: tuple[int, int], dist: int, device: str) -> torch.Tensor:
+    """(T, P) long: token p + o for each offset o = (dy, dx) with 1 <= |dy| + |dx| <= dist in
+    one half-plane (dy > 0, or dy = 0 and dx > 0); -1 where p + o is outside the grid."""
+    h, w = grid
+    coords = _coords(grid, "cpu")
+    offsets = torch.tensor(
+        [
+            (dy, dx)
+            for dy in range(dist + 1)
+            for dx in range(-dist, dist + 1)
+            if (dy > 0 or dx > 0) and dy + abs(dx) <= dist
+        ]
+    )  # (P, 2)
+    moved = coords[:, None] + offsets[None]  # (T, P, 2)
+    inside = (moved >= 0).all(-1) & (moved[..., 0] < h) & (moved[..., 1] < w)
+    table = torch.where(inside, moved[..., 0] * w + moved[..., 1], -1)
+    return table.to(torch.device(device))
 
 
-def _half_offsets(
-    h: int, w: int, lo: int, hi: int
-) -> list[tuple[tuple[slice, slice], tuple[slice, slice]]]:
-    """(rows, cols) slices of token p and of token p + o for every offset o = (dy, dx) with
-    lo <= |dy| + |dx| <= hi in one half-plane (dy > 0, or dy = 0 and dx > 0), on an (h, w) grid.
-    """
-    out = []
-    for dy in range(0, min(hi, h - 1) + 1):
-        for dx in range(-min(hi, w - 1), min(hi, w - 1) + 1):
-            if (dy == 0 and dx <= 0) or not lo <= dy + abs(dx) <= hi:
-                continue
-            c0, c1 = max(0, -dx), w - max(0, dx)
-            out.append(((slice(0, h - dy), slice(c0, c1)), (slice(dy, h), slice(c0 + dx, c1 + dx))))
-    return out
+@lru_cache(maxsize=16)
+def _coords(grid: tuple[int, int], device: str) -> torch.Tensor:
+    """(T, 2) long: the (row, column) of each token of an (h, w) grid."""
+    ys, xs = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+    return torch.stack([ys.reshape(-1), xs.reshape(-1)], 1).to(torch.device(device))
 
 
 def _srss_counts(
     fg: torch.Tensor, grid: tuple[int, int], pos_dist: int, reach: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per token: background tokens at d <= reach, foreground tokens at 1 <= d <= pos_dist.
-
-    Returns two (b, T) float64 tensors (exact integer counts).
-    """
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per token: background tokens at d <= reach, foreground tokens at 1 <= d <= pos_dist,
+    foreground tokens at d <= reach. Three (b, T) float64 tensors (exact integer counts)."""
     h, w = grid
-    kernels = _srss_kernels(h, w, pos_dist, reach, str(fg.device))  # (2, 1, 2ry+1, 2rx+1)
+    kernels = _srss_kernels(h, w, pos_dist, reach, str(fg.device))  # (3, 2, 2ry+1, 2rx+1)
     ry, rx = (kernels.shape[-2] - 1) // 2, (kernels.shape[-1] - 1) // 2
     masks = torch.stack([~fg, fg], 1).view(-1, 2, h, w).to(kernels.dtype)  # (b, 2, h, w)
-    counts = F.conv2d(masks, kernels, padding=(ry, rx), groups=2).round().double()
-    counts = counts.view(-1, 2, h * w)
-    return counts[:, 0], counts[:, 1]
+    counts = F.conv2d(masks, kernels, padding=(ry, rx)).round().double().view(-1, 3, h * w)
+    return counts[:, 0], counts[:, 1], counts[:, 2]
 
 
 @lru_cache(maxsize=16)
 def _srss_kernels(h: int, w: int, pos_dist: int, reach: int, device: str) -> torch.Tensor:
-    """(2, 1, 2ry+1, 2rx+1) float32 kernels: d <= reach, and 1 <= d <= pos_dist."""
+    """(3, 2, 2ry+1, 2rx+1) float32 kernels over (bg, fg) masks: bg at d <= reach, fg at
+    1 <= d <= pos_dist, fg at d <= reach."""
     ry, rx = min(max(reach, pos_dist), h - 1), min(max(reach, pos_dist), w - 1)
     dy = torch.arange(-ry, ry + 1).abs()[:, None]
     dx = torch.arange(-rx, rx + 1).abs()[None, :]
-    dist = dy + dx
-    kernels = torch.stack([dist <= reach, (dist >= 1) & (dist <= pos_dist)])
-    return kernels[:, None].to(device=torch.device(device), dtype=torch.float32)
+    near, ring = (dy + dx) <= reach, ((dy + dx) >= 1) & ((dy + dx) <= pos_dist)
+    kernels = torch.zeros(3, 2, 2 * ry + 1, 2 * rx + 1)
+    kernels[0, 0], kernels[1, 1], kernels[2, 1] = near, ring, near
+    return kernels.to(torch.device(device))
