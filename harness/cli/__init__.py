@@ -32,6 +32,20 @@ class Command:
     order: int = 50
 
 
+def add_overrides_argument(
+    parser: argparse.ArgumentParser, example: str = "train.steps=1000", what: str = "a config value"
+) -> None:
+    """The shared ``--set KEY.PATH=VALUE`` option (repeatable; defaults < YAML < --set)."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help=f"override {what}, e.g. --set {example} (repeatable)",
+    )
+
+
 def discover_commands() -> list[Command]:
     commands = []
     for info in pkgutil.iter_modules(__path__):

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.cli import Command
+from harness.cli import Command, add_overrides_argument
 from harness.errors import ConfigError
 
 TILE_MIN = 96  # tiles are upscaled (nearest) to at least this many pixels
@@ -36,14 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="YAML",
         help="a data config file, or any config with a 'data:' section (default: built-in)",
     )
-    preview.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a data setting, e.g. --set resolution=64 (repeatable)",
-    )
+    add_overrides_argument(preview, example="resolution=64", what="a data setting")
 
 
 def load_data_config(path: Path | None, overrides: list[str]) -> Any:

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness.cli import Command
+from harness.cli import Command, add_overrides_argument
 
 DEFAULT_SWEEP = Path("sweeps") / "default.yaml"
 
@@ -34,14 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sweep", metavar="FILE", help=f"sweep file (default: {DEFAULT_SWEEP}, the paper protocol)"
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="override a sweep setting (repeatable), e.g. --set train.steps=1000",
-    )
+    add_overrides_argument(parser, what="a sweep setting")
     parser.add_argument("--encoders", metavar="A,B", help="only these encoders (names or globs)")
     parser.add_argument(
         "--only",

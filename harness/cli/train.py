@@ -19,20 +19,13 @@ import sys
 import time
 from pathlib import Path
 
-from harness.cli import Command
+from harness.cli import Command, add_overrides_argument
 
 
 def add_run_config_arguments(parser: argparse.ArgumentParser) -> None:
     """CONFIG plus repeatable --set overrides (shared with ``harness prepare``)."""
     parser.add_argument("config", metavar="CONFIG", help="run config YAML (harness.config.run)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="override a config value (repeatable), e.g. --set train.steps=1000",
-    )
+    add_overrides_argument(parser)
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from harness.cli import Command
+from harness.cli import Command, add_overrides_argument
 from harness.errors import HarnessError
 
 
@@ -17,14 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "files", nargs="+", metavar="FILE", help="encoders.yaml, sweeps/*.yaml, run configs"
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="override a value before validating (repeatable)",
-    )
+    add_overrides_argument(parser, what="a value before validating")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -80,14 +80,9 @@ def stage_key(stage: str, **parts: Any) -> str:
 
 def add_common_options(parser: argparse.ArgumentParser, set_example: str) -> None:
     """``--set SECTION.KEY=VALUE`` (repeatable) and ``--device``."""
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help=f"override a config value, e.g. --set {set_example} (repeatable)",
-    )
+    from harness.cli import add_overrides_argument
+
+    add_overrides_argument(parser, example=set_example)
     parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
 
 

@@ -319,7 +319,7 @@ def _chunk_metrics(
 
     out["rmsc"] = _rmsc(x, sq_norms, x_sum)
     if srss is not None:
-        out["srss"] = _srss(x, srss, (h, w), p)
+        out["srss"] = _srss(x, x_sum, srss, (h, w), p)
     return out
 
 
@@ -368,61 +368,83 @@ def _srss_weights(fg: torch.Tensor, grid: tuple[int, int], p: SpatialParams) -> 
     return _SrssWeights(fg, alpha, beta, near_bg > 0, bg & (near_fg > 0), n_valid)
 
 
-def _srss(x: torch.Tensor, sw: _SrssWeights, grid: tuple[int, int], p: SpatialParams) -> torch.Tensor:
-    """SRSS of normalised tokens x (b, T, D) from mask-derived weights (see _SrssWeights).
+def _srss(
+    x: torch.Tensor,
+    x_sum: torch.Tensor,
+    sw: _SrssWeights,
+    grid: tuple[int, int],
+    p: SpatialParams,
+) -> torch.Tensor:
+    """SRSS of normalised tokens x (b, T, D) (x_sum = Σ_t x_t, (b, D) float64) from the
+    mask-derived weights of :class:`_SrssWeights`.
 
     Negatives are "all background minus background within reach (d < srss_neg_dist)":
-    Σ_a β_a neg(a) = <Σ_a β_a x_a, Σ_bg x> − Σ_a β_a near(a), so beyond one weighted sum per
-    image only pairs within reach count. near(a) is non-zero only for anchors with background
-    within reach: one GEMM per image and band of rows, those anchors × the background that has
-    foreground within reach (rows within reach), masked by distance. Positives are the dot
-    products of the few (anchor, foreground neighbour) pairs. Cost ~ boundary anchors × nearby
-    background × D, not T² × D. Images without a valid anchor are NaN.
+    Σ_a β_a neg(a) = <Σ_a β_a x_a, Σ_bg x> − Σ_a β_a near(a), so beyond one weighted sum only
+    pairs within reach count. Positives: the few (foreground, foreground neighbour) pairs.
+    near(a) is non-zero only for anchors with background within reach: one GEMM per image and
+    band of rows, those anchors × the background with foreground within reach, masked by
+    distance. Only foreground tokens and that background are read (gathered once); the cost
+    is ~ boundary anchors × nearby background × D, not T² × D. No valid anchor: NaN.
     """
     b, t, d = x.shape
     h, w = grid
     reach = p.srss_neg_dist - 1
-    weights = torch.stack([sw.beta, (~sw.fg).double()], 1).to(x.dtype)  # (b, 2, T)
-    sums = torch.bmm(weights, x).double()  # (b, 2, D): Σ_a β_a x_a, Σ_bg x
-    srss = -(sums[:, 0] * sums[:, 1]).sum(-1)
+    flat = x.reshape(b * t, d)
+    fg, alpha, beta = sw.fg.flatten(), sw.alpha.flatten(), sw.beta.flatten()
+    fg_tok = torch.nonzero(fg).flatten()  # (F,) by image, then token
+    xf = flat.index_select(0, fg_tok)  # (F, D)
+    fg_img, fg_pos = fg_tok // t, fg_tok % t
+    row_of = torch.full((b * t,), -1, dtype=torch.long, device=x.device)
+    row_of[fg_tok] = torch.arange(fg_tok.numel(), device=x.device)  # token -> row of xf
 
-    # positives: pairs (p, p + o) over half the offsets (o and -o share one dot product)
-    flat, alpha, fg = x.reshape(b * t, d), sw.alpha.flatten(), sw.fg.flatten()
-    table = _half_neighbours(grid, p.srss_pos_dist, str(x.device))  # (T, P/2), -1 outside
-    first = torch.nonzero(fg).flatten()  # (F,) fg tokens of the chunk; a pair needs two
-    second = (first - first % t)[:, None] + table[first % t]  # (F, P/2)
-    inside = table[first % t] >= 0
-    second = torch.where(inside, second, first[:, None])
-    pair = alpha[first, None] * fg[second] + alpha[second] * fg[first, None]  # (F, P/2)
-    which = torch.nonzero(pair * inside)  # (n, 2)
-    one, two = first[which[:, 0]], second[which[:, 0], which[:, 1]]
-    dots = (flat.index_select(0, one) * flat.index_select(0, two)).sum(-1)  # (n,)
-    srss.index_add_(0, one // t, dots.double() * pair[which[:, 0], which[:, 1]])
+    # all background: Σ_a β_a <x_a, Σ_bg x>, with Σ_bg x = Σ x − Σ_fg x
+    picks = torch.zeros(2 * b, fg_tok.numel(), dtype=x.dtype, device=x.device)  # (2b, F)
+    picks[2 * fg_img, row_of[fg_tok]] = 1.0
+    picks[2 * fg_img + 1, row_of[fg_tok]] = beta[fg_tok].to(x.dtype)
+    sums = (picks @ xf).double().view(b, 2, d)  # Σ_fg x, Σ_a β_a x_a
+    srss = -((x_sum - sums[:, 0]) * sums[:, 1]).sum(-1)
 
-    # near background: anchors with background within reach × background within reach of fg
-    anchors = (sw.alpha > 0) & sw.near
-    coords = _coords(grid, str(x.device))  # (T, 2)
+    # positives: pairs (p, p + o) of foreground tokens, o over half the offsets
+    table = _half_neighbours(grid, p.srss_pos_dist, str(x.device))[fg_pos]  # (F, P)
+    other = torch.where(table >= 0, row_of[(fg_tok - fg_pos)[:, None] + table.clamp(min=0)], -1)
+    pair = alpha[fg_tok, None] + alpha[fg_tok[other.clamp(min=0)]]  # α_p + α_{p+o}
+    first, k = torch.nonzero((other >= 0) & (pair > 0)).unbind(1)
+    second = other[first, k]
+    dots = (xf.index_select(0, first) * xf.index_select(0, second)).sum(-1)
+    srss.index_add_(0, fg_img[first], dots.double() * pair[first, k])
+
+    # near background: anchors with background within reach × background near foreground
+    anchors = ((sw.alpha > 0) & sw.near).flatten()
+    a_tok, b_tok = torch.nonzero(anchors).flatten(), torch.nonzero(sw.partner.flatten()).flatten()
+    xa = xf.index_select(0, row_of[a_tok]) * beta[a_tok, None].to(x.dtype)  # (A, D)
+    xb = flat.index_select(0, b_tok)  # (B, D)
+    a_pos, b_pos = a_tok % t, b_tok % t
+    coords = _coords(grid, str(x.device))
+    a_xy, b_xy = coords[a_pos], coords[b_pos]  # (A, 2), (B, 2)
+    a_cut = torch.searchsorted(a_tok, torch.arange(b + 1, device=x.device) * t).tolist()
+    b_cut = torch.searchsorted(b_tok, torch.arange(b + 1, device=x.device) * t).tolist()
     band = max(reach + 1, -(-h // 4))  # rows of anchors per GEMM
-    starts = torch.arange(0, h, band, device=x.device)
-    banded = band + 2 * reach < h
-    for i in torch.nonzero(anchors.any(1)).flatten().tolist():
-        rows = torch.nonzero(anchors[i]).flatten()  # (A,) in token order
-        cols = torch.nonzero(sw.partner[i]).flatten()  # (B,)
-        xa = x[i].index_select(0, rows) * sw.beta[i].index_select(0, rows)[:, None].to(x.dtype)
-        xb = x[i].index_select(0, cols)
-        close = (coords[rows, None] - coords[None, cols]).abs().sum(-1) <= reach  # (A, B)
-        if not banded:
-            srss[i] += ((xa @ xb.T) * close).sum(dtype=torch.float64)
+    bands = [(y, y + band) for y in range(0, h, band)] if band + 2 * reach < h else [(0, h)]
+    near = torch.zeros(b, dtype=torch.float64, device=x.device)
+    for i in range(b):
+        if a_cut[i] == a_cut[i + 1] or b_cut[i] == b_cut[i + 1]:
             continue
-        a_cut = torch.searchsorted(rows, torch.cat([starts, starts[-1:] + band]) * w).tolist()
-        b_lo = torch.searchsorted(cols, (starts - reach) * w).tolist()
-        b_hi = torch.searchsorted(cols, (starts + band + reach) * w).tolist()
-        for j in range(len(b_lo)):
-            a0, a1, b0, b1 = a_cut[j], a_cut[j + 1], b_lo[j], b_hi[j]
+        for y0, y1 in bands:  # anchors on rows y0..y1-1, background on rows within reach
+            a0, a1 = (a_cut[i] + int(c) for c in _cuts(a_pos[a_cut[i] : a_cut[i + 1]], (y0, y1), w))
+            b0, b1 = (
+                b_cut[i] + int(c)
+                for c in _cuts(b_pos[b_cut[i] : b_cut[i + 1]], (y0 - reach, y1 + reach), w)
+            )
             if a0 < a1 and b0 < b1:
-                gram = xa[a0:a1] @ xb[b0:b1].T  # (A_j, B_j)
-                srss[i] += (gram * close[a0:a1, b0:b1]).sum(dtype=torch.float64)
+                close = (a_xy[a0:a1, None] - b_xy[None, b0:b1]).abs().sum(-1) <= reach
+                near[i] += ((xa[a0:a1] @ xb[b0:b1].T) * close).sum(dtype=torch.float64)
+    srss += near
     return torch.where(sw.n_valid > 0, srss, torch.full_like(srss, math.nan))
+
+
+def _cuts(tokens: torch.Tensor, rows: tuple[int, int], w: int) -> torch.Tensor:
+    """Where rows[0]..rows[1]-1 start and end in a sorted list of token indices."""
+    return torch.searchsorted(tokens, torch.tensor(rows, device=tokens.device).clamp(min=0) * w)
 
 
 @lru_cache(maxsize=16)
