@@ -5,8 +5,9 @@ Targets (issue #3), float32, D = 768, this 2-core machine: ours >= 3x the dense 
 < 2 GB peak RSS. The dense reference is ``dense_spatial_metrics`` of
 ``tests/test_spatial_metrics.py`` (a T×T cosine matrix per image and distance masks, like the
 published analysis code). Every case runs in its own subprocess so peak RSS values are separate;
-cases are timed with masks (all four metrics) and without (LDS, CDS, RMSC). Prints a table and
-writes every number to a JSON file.
+cases are timed without masks (LDS, CDS, RMSC), with blob masks (all four metrics; the targets)
+and with speckle masks (every token fg with probability 1/2: SRSS's worst case, where almost
+every anchor borders background). Prints a table and writes every number to a JSON file.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_spatial.py
     .venv/bin/python benchmarks/bench_spatial.py --grids 16 --stream-images 5000
@@ -25,14 +26,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {8: None, 16: 3.0, 32: 10.0}
+LABELS = {"none": "no", "blobs": "blobs", "speckle": "speckle"}
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def make_inputs(n: int, side: int, dim: int, seed: int):
-    """Tokens with some spatial structure (a smooth field plus noise) and blob masks."""
+def make_inputs(n: int, side: int, dim: int, seed: int, kind: str = "blobs"):
+    """Tokens with some spatial structure (a smooth field plus noise) and masks: "blobs"
+    (one disc per image, plus an all-fg and an all-bg image) or "speckle" (i.i.d. 1/2)."""
     import torch
 
     sys.path.insert(0, str(ROOT / "tests"))
@@ -40,11 +43,14 @@ def make_inputs(n: int, side: int, dim: int, seed: int):
 
     torch.manual_seed(seed)
     feats = smooth_field(n, side, side, dim, seed=seed) + 0.5 * torch.randn(n, side * side, dim)
+    if kind == "speckle":
+        return feats, torch.rand(n, side * side) < 0.5
     return feats, random_masks(n, side, side, seed=seed)
 
 
-def run_case(impl: str, side: int, dim: int, images: int, batch: int, masks: bool) -> dict:
-    """Time one implementation on ``images`` images (in batches of ``batch``), in this process."""
+def run_case(impl: str, side: int, dim: int, images: int, batch: int, kind: str) -> dict:
+    """Time one implementation on ``images`` images (in batches of ``batch``), in this process;
+    kind: "none" (no masks), "blobs" or "speckle"."""
     import torch
 
     sys.path.insert(0, str(ROOT / "tests"))
@@ -53,7 +59,8 @@ def run_case(impl: str, side: int, dim: int, images: int, batch: int, masks: boo
     from harness.metrics.spatial import spatial_metrics
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    feats, mask = make_inputs(batch, side, dim, seed=side)
+    feats, mask = make_inputs(batch, side, dim, seed=side, kind=kind)
+    masks = kind != "none"
     grid = (side, side)
 
     def once(f, m):
@@ -149,13 +156,13 @@ def main() -> None:
             side, dim, images, batch = map(int, rest)
             print(json.dumps(run_stream(side, dim, images, batch)))
         else:
-            side, dim, images, batch, masks = map(int, rest)
-            print(json.dumps(run_case(kind, side, dim, images, batch, bool(masks))))
+            side, dim, images, batch = map(int, rest[:4])
+            print(json.dumps(run_case(kind, side, dim, images, batch, rest[4])))
         return
 
     rows = []
     header = (
-        f"{'grid':>6} {'D':>5} {'masks':>5} {'ours img/s':>11} {'dense img/s':>12} "
+        f"{'grid':>6} {'D':>5} {'masks':>7} {'ours img/s':>11} {'dense img/s':>12} "
         f"{'ratio':>6} {'target':>6} {'max|diff|':>9} {'RSS ours':>9} {'RSS dense':>9}"
     )
     print(header)
@@ -163,15 +170,16 @@ def main() -> None:
     for side in args.grids:
         batch = {8: 256, 16: 64}.get(side, 16)
         images = args.images or batch * (4 if side < 32 else 3)
-        for masks in (False, True):
-            case = [str(side), str(args.dim), str(images), str(batch), str(int(masks))]
+        for mask_kind in ("none", "blobs", "speckle"):
+            case = [str(side), str(args.dim), str(images), str(batch), mask_kind]
             ours = subprocess_case(["ours", *case])
             dense = subprocess_case(["dense", *case])
             ratio = ours["images_per_s"] / dense["images_per_s"]
             row = {
                 "grid": side,
                 "dim": args.dim,
-                "masks": masks,
+                "masks": mask_kind != "none",
+                "mask_kind": mask_kind,
                 "images": images,
                 "batch": batch,
                 "ours_images_per_s": ours["images_per_s"],
@@ -179,7 +187,7 @@ def main() -> None:
                 "ours_ms_per_image": ours["ms_per_image"],
                 "dense_ms_per_image": dense["ms_per_image"],
                 "ratio": ratio,
-                "target_ratio": TARGETS.get(side),
+                "target_ratio": None if mask_kind == "speckle" else TARGETS.get(side),
                 "max_abs_diff": max_diff(ours, dense),
                 "ours_peak_rss_mb": ours["peak_rss_mb"],
                 "dense_peak_rss_mb": dense["peak_rss_mb"],
@@ -187,7 +195,7 @@ def main() -> None:
             rows.append(row)
             target = "-" if row["target_ratio"] is None else f"{row['target_ratio']:.0f}x"
             print(
-                f"{side:>3}x{side:<2} {args.dim:>5} {'yes' if masks else 'no':>5} "
+                f"{side:>3}x{side:<2} {args.dim:>5} {LABELS[mask_kind]:>7} "
                 f"{row['ours_images_per_s']:>11.1f} {row['dense_images_per_s']:>12.1f} "
                 f"{ratio:>5.1f}x {target:>6} {row['max_abs_diff']:>9.1e} "
                 f"{row['ours_peak_rss_mb']:>7.0f}MB {row['dense_peak_rss_mb']:>7.0f}MB",

@@ -176,6 +176,71 @@ def test_empty_foreground_or_background_gives_nan_srss() -> None:
     assert "srss" not in spatial_metrics(feats)
 
 
+@pytest.mark.parametrize("kind", ["speckle", "stripes", "tall-blobs"])
+def test_srss_matches_dense_on_masks_with_long_boundaries(kind: str) -> None:
+    # many anchors next to background, and grids tall enough to be cut into bands of rows
+    h, w = (40, 12) if kind == "tall-blobs" else (32, 32)
+    gen = torch.Generator().manual_seed(len(kind))
+    feats = smooth_field(3, h, w, 16, seed=2) + 0.3 * torch.randn(3, h * w, 16, generator=gen)
+    if kind == "speckle":
+        masks = torch.rand(3, h * w, generator=gen) < torch.tensor([[0.2], [0.5], [0.8]])
+    elif kind == "stripes":
+        rows = torch.arange(h)[:, None].expand(h, w).reshape(-1)
+        masks = torch.stack([(rows // period) % 2 == 0 for period in (1, 3, 7)])
+    else:
+        masks = random_masks(3, h, w, seed=4)
+    for params in ({}, {"srss_pos_dist": 2, "srss_neg_dist": 9}):
+        assert_matches(
+            spatial_metrics(feats, (h, w), masks, **params),
+            dense_spatial_metrics(feats, (h, w), masks, **params),
+        )
+
+
+def test_srss_keeps_float32_accuracy_when_background_is_small() -> None:
+    # nearly parallel tokens and a few background tokens: "all background minus near" must
+    # not lose digits to cancellation (no anchor is far from most of the background)
+    h = w = 32
+    gen = torch.Generator().manual_seed(0)
+    feats = smooth_field(4, h, w, 768, seed=1, scale=16.0) + 3.0
+    feats = feats + 0.05 * torch.randn(feats.shape, generator=gen)
+    masks = torch.ones(4, h, w, dtype=torch.bool)
+    masks[0, 0, :3] = False
+    masks[1, :4, :4] = False
+    masks[2, 28:, 28:] = False
+    masks[3, :, :2] = False
+    masks = masks.reshape(4, h * w)
+    ours = spatial_metrics(feats, (h, w), masks)["srss"]
+    ref = dense_spatial_metrics(feats, (h, w), masks)["srss"]
+    assert torch.allclose(ours, ref, atol=1e-6, rtol=0), (ours - ref).abs().max()
+
+
+def test_srss_of_known_two_region_images() -> None:
+    # fg tokens all a, bg tokens all b: positives have cos 1, negatives cos(a, b)
+    h, w = 12, 12
+    a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.6, 0.8])  # cos(a, b) = 0.6
+    fg = torch.zeros(h, w, dtype=torch.bool)
+    fg[:, :4] = True  # every fg token has bg at distance >= 6 (columns 9..11)
+    feats = torch.where(fg[..., None], a, b).reshape(1, h * w, 2).repeat(3, 1, 1)
+    feats = feats * (0.5 + 5 * torch.rand(3, h * w, 1))  # norms do not matter
+    feats[2] = torch.where(fg[..., None], a, a).reshape(h * w, 2)  # bg like fg: SRSS 0
+    masks = fg.reshape(1, h * w).repeat(3, 1)
+    srss = spatial_metrics(feats, (h, w), masks)["srss"]
+    assert srss[:2].tolist() == pytest.approx([0.4, 0.4], abs=1e-6)
+    assert srss[2].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_srss_is_nan_for_every_image_without_valid_anchors() -> None:
+    feats = torch.randn(4, 64, 8)
+    masks = torch.zeros(4, 64, dtype=torch.bool)
+    masks[1] = True  # no background
+    masks[2, 27] = True  # one fg token: no positive
+    masks[3, :8] = True  # no background at d >= 15 (the largest distance on 8x8 is 14)
+    out = spatial_metrics(feats, (8, 8), masks, srss_neg_dist=15)
+    assert_matches(out, dense_spatial_metrics(feats, (8, 8), masks, srss_neg_dist=15))
+    assert torch.isnan(out["srss"]).all()
+    assert torch.isnan(spatial_metrics(feats[:1], (8, 8), masks[:1])["srss"]).all()  # no fg at all
+
+
 def test_constant_tokens_have_zero_rmsc() -> None:
     token = torch.randn(1, 1, 64)
     feats = token.expand(2, 256, 64) * torch.tensor([1.0, 3.0])[:, None, None]

@@ -20,9 +20,16 @@ of the token field. Along rows it is taken in a zero-padded DFT basis (cos/sin o
 L = h + R, one GEMM), along columns as diagonals of a small (w × w) Gram per frequency, so only
 offsets |dy|, |dx| <= R = max(cds_max_dist, far_dist - 1) are formed: O(T·D·(h + R)) GEMM FLOPs
 per image instead of a dense O(T²·D) Gram plus T² masks. Far-pair sums are "all pairs (||Σ x||²)
-minus near pairs". SRSS needs per-anchor means over masked sets, so it compares only the
-foreground anchors with all tokens (one batched (anchors × T) GEMM per chunk). Images are
-processed in cache-sized chunks, so memory does not grow with the batch.
+minus near pairs". SRSS folds each anchor's two means into per-token weights that depend on the
+masks only (α_a = 1 / (n_pos(a)·n_valid), β_a = 1 / (n_neg(a)·n_valid), counted by one small
+convolution of the masks): SRSS = Σ_a α_a Σ_pos cos − Σ_a β_a Σ_neg cos. Negatives are "all
+background minus background within reach (d < srss_neg_dist)": one weighted sum per image,
+<Σ_a β_a x_a, Σ_bg x>, minus the pairs within reach, which only join anchors that have
+background within reach to background that has foreground within reach: one GEMM of those
+per image (per band of rows on tall grids), masked by distance. Positives are the dot products
+of the few foreground-neighbour pairs. So SRSS costs ~ (boundary anchors × nearby background)
+× D, not anchors × T × D. Images are processed in cache-sized chunks, in one buffer reused by
+every chunk, so memory does not grow with the batch.
 """
 
 from __future__ import annotations
@@ -106,16 +113,22 @@ def spatial_metrics(
     p = _params(params)
     who = f"encoder {name!r}" if name else "spatial_metrics"
     features, (h, w) = _check_features(features, grid, who)
-    srss = None if masks is None else _srss_weights(_check_masks(masks, features.shape, who), (h, w), p)
-    chunk = max(1, p.chunk_bytes // max(1, h * w * features.shape[-1] * 4))
+    srss = None
+    if masks is not None:
+        srss = _srss_weights(_check_masks(masks, features.shape, who), (h, w), p)
+    b, t, d = features.shape
+    chunk = min(b, max(1, p.chunk_bytes // max(1, t * d * 4)))
+    basis = _basis(h, w, max(p.cds_max_dist, p.far_dist - 1, 1), str(features.device))
+    # one buffer for the normalised tokens and scratch (their row DFT; SRSS's gathered tokens),
+    # reused by every chunk: fresh buffers per chunk make the allocator unmap and re-fault
+    # their pages each time, which costs as much as the arithmetic
+    scratch = max(basis.dft.shape[0] * w, 0 if srss is None else 2 * t)
+    work = features.new_empty(chunk * d * (t + scratch), dtype=torch.float32)
     parts: list[dict[str, torch.Tensor]] = []
-    for start in range(0, features.shape[0], chunk):
-        stop = start + chunk
-        parts.append(
-            _chunk_metrics(
-                features[start:stop], h, w, None if srss is None else srss[start:stop], p
-            )
-        )
+    for start in range(0, b, chunk):
+        stop = min(start + chunk, b)
+        part = None if srss is None else srss[start:stop]
+        parts.append(_chunk_metrics(features[start:stop], (h, w), basis, work, part, p))
     return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
 
 
@@ -246,11 +259,11 @@ def _basis(h: int, w: int, reach: int, device: str) -> _Basis:
     )
 
 
-def _row_dft(x: torch.Tensor, basis: _Basis, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Row-direction DFT of a token field: (b, h, w, D) -> (b, K + S, w, D) (into ``out``)."""
+def _row_dft(x: torch.Tensor, basis: _Basis, out: torch.Tensor) -> torch.Tensor:
+    """Row-direction DFT of a token field: (b, h, w, D) -> (b, K + S, w, D), written to ``out``
+    (any tensor with that many elements)."""
     b, h, w, d = x.shape
-    if out is None:
-        out = x.new_empty(b, basis.dft.shape[0], w, d)
+    out = out.view(b, basis.dft.shape[0], w, d)
     torch.matmul(basis.dft, x.reshape(b, h, w * d), out=out.view(b, -1, w * d))
     return out
 
@@ -282,21 +295,27 @@ def _ring_sums(table: torch.Tensor, basis: _Basis, reach: int) -> torch.Tensor:
 
 
 def _chunk_metrics(
-    feats: torch.Tensor, h: int, w: int, srss: _SrssWeights | None, p: SpatialParams
+    feats: torch.Tensor,
+    grid: tuple[int, int],
+    basis: _Basis,
+    work: torch.Tensor,
+    srss: _SrssWeights | None,
+    p: SpatialParams,
 ) -> dict[str, torch.Tensor]:
+    """The metrics of one chunk of images; ``work`` is scratch space (see spatial_metrics)."""
     b, t, d = feats.shape
+    h, w = grid
     feats = feats.to(torch.float32)
     norms = torch.linalg.vector_norm(feats, dim=-1, keepdim=True)  # (b, T, 1)
-    x = feats / norms.clamp(min=p.eps)  # (b, T, D): F.normalize(feats, eps=eps)
+    x = torch.div(feats, norms.clamp(min=p.eps), out=work[: b * t * d].view(b, t, d))
     sq_norms = (norms / norms.clamp(min=p.eps)).square().squeeze(-1).double()  # ||x_t||² (b, T)
     out: dict[str, torch.Tensor] = {}
 
     reach = max(p.cds_max_dist, p.far_dist - 1, 1)
-    basis = _basis(h, w, reach, str(x.device))
-    fx = _row_dft(x.view(b, h, w, d), basis)
+    scratch = work[b * t * d :]
+    fx = _row_dft(x.view(b, h, w, d), basis, out=scratch[: b * d * basis.dft.shape[0] * w])
     x_sum = _field_sum(fx)  # (b, D)
     rings = _ring_sums(_corr_table(fx, fx, basis), basis, reach)  # (b, reach+1)
-    del fx  # fewer live buffers while SRSS runs (the allocator then reuses, not refaults, pages)
     pairs = torch.tensor(basis.pairs, dtype=torch.float64, device=x.device)  # (reach+1,)
 
     # LDS: 4-neighbours vs "all pairs minus pairs closer than far_dist"
@@ -319,7 +338,7 @@ def _chunk_metrics(
 
     out["rmsc"] = _rmsc(x, sq_norms, x_sum)
     if srss is not None:
-        out["srss"] = _srss(x, x_sum, srss, (h, w), p)
+        out["srss"] = _srss(x, srss, (h, w), p, scratch)
     return out
 
 
@@ -347,7 +366,7 @@ class _SrssWeights:
     alpha: torch.Tensor  # float64: weight of each anchor's positive sum (0: not a valid anchor)
     beta: torch.Tensor  # float64: weight of each anchor's negative sum
     near: torch.Tensor  # bool: has background within reach (d < srss_neg_dist)
-    partner: torch.Tensor  # bool: background with foreground within reach
+    partner: torch.Tensor  # bool: background token with foreground within reach
     n_valid: torch.Tensor  # (B,) long: valid anchors per image
 
     def __getitem__(self, index: slice) -> _SrssWeights:
@@ -355,7 +374,8 @@ class _SrssWeights:
 
 
 def _srss_weights(fg: torch.Tensor, grid: tuple[int, int], p: SpatialParams) -> _SrssWeights:
-    """Counts of every anchor's positives and negatives (one small convolution of the masks)."""
+    """SRSS's per-token weights for foreground masks fg (B, T): every anchor's positives and
+    negatives are counted by one small convolution of the masks (no T×T)."""
     bg = ~fg
     n_fg, n_bg = fg.sum(1), bg.sum(1)  # (B,)
     enough = (n_fg >= max(p.srss_min_fg, 1)) & (n_bg >= max(p.srss_min_bg, 1))
@@ -370,81 +390,118 @@ def _srss_weights(fg: torch.Tensor, grid: tuple[int, int], p: SpatialParams) -> 
 
 def _srss(
     x: torch.Tensor,
-    x_sum: torch.Tensor,
     sw: _SrssWeights,
     grid: tuple[int, int],
     p: SpatialParams,
+    scratch: torch.Tensor,
 ) -> torch.Tensor:
-    """SRSS of normalised tokens x (b, T, D) (x_sum = Σ_t x_t, (b, D) float64) from the
-    mask-derived weights of :class:`_SrssWeights`.
+    """SRSS of normalised tokens x (b, T, D) from the mask-derived weights ``sw``;
+    ``scratch``: at least 2·b·T·D float32 elements.
 
-    Negatives are "all background minus background within reach (d < srss_neg_dist)":
-    Σ_a β_a neg(a) = <Σ_a β_a x_a, Σ_bg x> − Σ_a β_a near(a), so beyond one weighted sum only
-    pairs within reach count. Positives: the few (foreground, foreground neighbour) pairs.
-    near(a) is non-zero only for anchors with background within reach: one GEMM per image and
-    band of rows, those anchors × the background with foreground within reach, masked by
-    distance. Only foreground tokens and that background are read (gathered once); the cost
-    is ~ boundary anchors × nearby background × D, not T² × D. No valid anchor: NaN.
+    Σ_a β_a neg(a) = <Σ_a β_a x_a, Σ_bg x> − Σ_a β_a near(a), where near(a) sums over the
+    background within reach (d < srss_neg_dist): beyond one weighted sum per image, only pairs
+    closer than srss_neg_dist count, and only the foreground and the background near it are
+    read again (gathered into ``scratch``). Images without a valid anchor are NaN.
     """
     b, t, d = x.shape
-    h, w = grid
-    reach = p.srss_neg_dist - 1
-    flat = x.reshape(b * t, d)
-    fg, alpha, beta = sw.fg.flatten(), sw.alpha.flatten(), sw.beta.flatten()
-    fg_tok = torch.nonzero(fg).flatten()  # (F,) by image, then token
-    xf = flat.index_select(0, fg_tok)  # (F, D)
-    fg_img, fg_pos = fg_tok // t, fg_tok % t
-    row_of = torch.full((b * t,), -1, dtype=torch.long, device=x.device)
-    row_of[fg_tok] = torch.arange(fg_tok.numel(), device=x.device)  # token -> row of xf
+    weights = torch.stack([~sw.fg, sw.beta], 1).to(x.dtype)  # (b, 2, T)
+    sums = torch.bmm(weights, x).double()  # (b, 2, D): Σ_bg x, Σ_a β_a x_a (no cancellation)
+    srss = -(sums[:, 0] * sums[:, 1]).sum(-1)
 
-    # all background: Σ_a β_a <x_a, Σ_bg x>, with Σ_bg x = Σ x − Σ_fg x
-    picks = torch.zeros(2 * b, fg_tok.numel(), dtype=x.dtype, device=x.device)  # (2b, F)
-    picks[2 * fg_img, row_of[fg_tok]] = 1.0
-    picks[2 * fg_img + 1, row_of[fg_tok]] = beta[fg_tok].to(x.dtype)
-    sums = (picks @ xf).double().view(b, 2, d)  # Σ_fg x, Σ_a β_a x_a
-    srss = -((x_sum - sums[:, 0]) * sums[:, 1]).sum(-1)
-
-    # positives: pairs (p, p + o) of foreground tokens, o over half the offsets
-    table = _half_neighbours(grid, p.srss_pos_dist, str(x.device))[fg_pos]  # (F, P)
-    other = torch.where(table >= 0, row_of[(fg_tok - fg_pos)[:, None] + table.clamp(min=0)], -1)
-    pair = alpha[fg_tok, None] + alpha[fg_tok[other.clamp(min=0)]]  # α_p + α_{p+o}
-    first, k = torch.nonzero((other >= 0) & (pair > 0)).unbind(1)
-    second = other[first, k]
-    dots = (xf.index_select(0, first) * xf.index_select(0, second)).sum(-1)
-    srss.index_add_(0, fg_img[first], dots.double() * pair[first, k])
-
-    # near background: anchors with background within reach × background near foreground
-    anchors = ((sw.alpha > 0) & sw.near).flatten()
-    a_tok, b_tok = torch.nonzero(anchors).flatten(), torch.nonzero(sw.partner.flatten()).flatten()
-    xa = xf.index_select(0, row_of[a_tok]) * beta[a_tok, None].to(x.dtype)  # (A, D)
-    xb = flat.index_select(0, b_tok)  # (B, D)
-    a_pos, b_pos = a_tok % t, b_tok % t
-    coords = _coords(grid, str(x.device))
-    a_xy, b_xy = coords[a_pos], coords[b_pos]  # (A, 2), (B, 2)
-    a_cut = torch.searchsorted(a_tok, torch.arange(b + 1, device=x.device) * t).tolist()
-    b_cut = torch.searchsorted(b_tok, torch.arange(b + 1, device=x.device) * t).tolist()
-    band = max(reach + 1, -(-h // 4))  # rows of anchors per GEMM
-    bands = [(y, y + band) for y in range(0, h, band)] if band + 2 * reach < h else [(0, h)]
-    near = torch.zeros(b, dtype=torch.float64, device=x.device)
-    for i in range(b):
-        if a_cut[i] == a_cut[i + 1] or b_cut[i] == b_cut[i + 1]:
-            continue
-        for y0, y1 in bands:  # anchors on rows y0..y1-1, background on rows within reach
-            a0, a1 = (a_cut[i] + int(c) for c in _cuts(a_pos[a_cut[i] : a_cut[i + 1]], (y0, y1), w))
-            b0, b1 = (
-                b_cut[i] + int(c)
-                for c in _cuts(b_pos[b_cut[i] : b_cut[i + 1]], (y0 - reach, y1 + reach), w)
-            )
-            if a0 < a1 and b0 < b1:
-                close = (a_xy[a0:a1, None] - b_xy[None, b0:b1]).abs().sum(-1) <= reach
-                near[i] += ((xa[a0:a1] @ xb[b0:b1].T) * close).sum(dtype=torch.float64)
-    srss += near
+    fg_tok = torch.nonzero(sw.fg.flatten()).flatten()  # (F,) by image, then token
+    bg_tok = torch.nonzero(sw.partner.flatten()).flatten()  # (G,) background near foreground
+    rows = torch.cat([fg_tok, bg_tok])  # fg and bg are disjoint: F + G <= b·T
+    tokens = torch.index_select(
+        x.reshape(b * t, d), 0, rows, out=scratch[: rows.numel() * d].view(-1, d)
+    )
+    xf, xg = tokens[: fg_tok.numel()], tokens[fg_tok.numel() :]  # (F, D), (G, D)
+    buffer = scratch[b * t * d : (b * t + fg_tok.numel()) * d].view(-1, d)  # (F, D)
+    positives = _srss_positives(xf, fg_tok, sw, grid, p.srss_pos_dist, buffer)  # (F,)
+    srss.index_add_(0, fg_tok // t, positives)
+    srss += _srss_near(xf, xg, fg_tok, bg_tok, sw, grid, p.srss_neg_dist - 1, buffer)
     return torch.where(sw.n_valid > 0, srss, torch.full_like(srss, math.nan))
 
 
-def _cuts(tokens: torch.Tensor, rows: tuple[int, int], w: int) -> torch.Tensor:
-    """Where rows[0]..rows[1]-1 start and end in a sorted list of token indices."""
-    return torch.searchsorted(tokens, torch.tensor(rows, device=tokens.device).clamp(min=0) * w)
+def _srss_positives(
+    xf: torch.Tensor,
+    fg_tok: torch.Tensor,
+    sw: _SrssWeights,
+    grid: tuple[int, int],
+    pos_dist: int,
+    buffer: torch.Tensor,
+) -> torch.Tensor:
+    """Σ α_a <x_a, x_b> over foreground pairs at 1 <= d(a, b) <= pos_dist, per foreground token
+    (F,) float64. xf (F, D): the foreground tokens fg_tok (flat indices); buffer (F, D) scratch.
+
+    Each pair (p, p + o) is taken once, for o in one half-plane, weighted α_p + α_{p+o}.
+    """
+    t = grid[0] * grid[1]
+    row_of = torch.full((sw.fg.numel(),), -1, dtype=torch.long, device=xf.device)
+    row_of[fg_tok] = torch.arange(fg_tok.numel(), device=xf.device)  # token -> row of xf
+    pos = fg_tok % t
+    table = _half_neighbours(grid, pos_dist, str(xf.device))[pos]  # (F, P)
+    other = torch.where(table >= 0, row_of[(fg_tok - pos)[:, None] + table.clamp(min=0)], -1)
+    alpha = sw.alpha.flatten()[fg_tok]  # (F,)
+    weight = (alpha[:, None] + alpha[other.clamp(min=0)]) * (other >= 0)  # (F, P)
+    dots = []
+    for k in range(other.shape[1]):  # buffer = xf * xf[other]: one dot product per row
+        torch.index_select(xf, 0, other[:, k].clamp(min=0), out=buffer).mul_(xf)
+        dots.append(buffer.sum(-1))
+    return (torch.stack(dots, 1).double() * weight).sum(1)
+
+
+def _srss_near(
+    xf: torch.Tensor,
+    xg: torch.Tensor,
+    fg_tok: torch.Tensor,
+    bg_tok: torch.Tensor,
+    sw: _SrssWeights,
+    grid: tuple[int, int],
+    reach: int,
+    buffer: torch.Tensor,
+) -> torch.Tensor:
+    """Σ_a β_a near(a) per image, (b,) float64: near(a) = Σ <x_a, x_g> over background tokens
+    g with d(a, g) <= reach. xf (F, D), xg (G, D): the foreground tokens fg_tok and the
+    background tokens bg_tok that have foreground within reach (flat indices, sorted);
+    buffer: (F, D) scratch.
+
+    Only anchors with background within reach contribute: one GEMM per image, those anchors ×
+    that background, masked by distance; on grids taller than a band plus twice the reach,
+    one GEMM per band of anchor rows, against the background rows within reach.
+    """
+    b, t = sw.fg.shape
+    h, w = grid
+    dev = xf.device
+    anchor = torch.nonzero(((sw.alpha > 0) & sw.near).flatten()).flatten()  # (A,)
+    xa = torch.index_select(xf, 0, torch.searchsorted(fg_tok, anchor), out=buffer[: anchor.numel()])
+    xa *= sw.beta.flatten()[anchor, None].to(xa.dtype)  # (A, D): β_a x_a
+    coords = _coords(grid, str(dev))
+    a_xy, g_xy = coords[anchor % t], coords[bg_tok % t]  # (A, 2), (G, 2)
+    band = max(reach + 1, -(-h // 4))  # anchor rows per GEMM
+    tops = list(range(0, h, band)) if band + 2 * reach < h else [0]
+    top = torch.tensor(tops, device=dev)
+    bottom = torch.tensor([*tops[1:], h], device=dev)
+    image = torch.arange(b, device=dev)[:, None] * t  # (b, 1): first token of each image
+    spans = torch.stack(  # (b, bands, 4): anchors a0..a1-1 against background g0..g1-1
+        [
+            torch.searchsorted(anchor, image + top * w),
+            torch.searchsorted(anchor, image + bottom * w),
+            torch.searchsorted(bg_tok, image + (top - reach).clamp(min=0) * w),
+            torch.searchsorted(bg_tok, image + (bottom + reach).clamp(max=h) * w),
+        ],
+        -1,
+    ).tolist()
+    index, values = [], []
+    for i, image_spans in enumerate(spans):
+        for a0, a1, g0, g1 in image_spans:
+            if a0 < a1 and g0 < g1:
+                close = (a_xy[a0:a1, None] - g_xy[None, g0:g1]).abs().sum(-1) <= reach
+                values.append(((xa[a0:a1] @ xg[g0:g1].T) * close).sum(dtype=torch.float64))
+                index.append(i)
+    near = torch.zeros(b, dtype=torch.float64, device=dev)
+    if values:
+        near.index_add_(0, torch.tensor(index, device=dev), torch.stack(values))
+    return near
 
 
 @lru_cache(maxsize=16)
