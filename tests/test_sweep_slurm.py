@@ -261,7 +261,7 @@ def test_rejected_resources_submit_nothing_and_keep_the_plan(root, capsys):
     assert code == 2
     assert "SLURM rejects the resources of stage 'train'" in err and "partition" in err
     assert plan_file.read_bytes() == saved and rows(root) == jobs_before
-    assert squeue_ids() == queue_before
+    assert squeue_ids() - queue_before == set()  # nothing new (older jobs may finish meanwhile)
     for args in (
         ["--set", "methods=[repa, irepaa]"],  # unknown method
         ["--encoders", "pixls"],  # unknown encoder
