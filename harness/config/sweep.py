@@ -33,7 +33,7 @@ from harness.config.data import DataConfig
 from harness.config.eval import EvalConfig, ProbeConfig
 from harness.config.loader import YamlDoc, load_yaml, validate
 from harness.config.metrics import SpatialConfig
-from harness.config.model import SIT_ARCHS, ModelConfig
+from harness.config.model import SIT_ARCHS, ModelConfig, check_name
 from harness.config.resources import Resources
 from harness.config.train import METHODS, AlignConfig, TrainConfig
 from harness.errors import did_you_mean, format_allowed
@@ -90,11 +90,7 @@ class SweepConfig(Config):
     @classmethod
     def _known_methods(cls, value: list[str]) -> list[str]:
         for name in value:
-            if name not in METHODS:
-                raise ValueError(
-                    f"unknown method {name!r}{did_you_mean(name, METHODS)}; "
-                    f"allowed: {format_allowed(METHODS)}"
-                )
+            check_name(name, METHODS, "method")
         if len(set(value)) != len(value):
             raise ValueError(f"duplicate methods in {value}")
         return value
@@ -105,11 +101,7 @@ class SweepConfig(Config):
         if not value:
             raise ValueError("models: give at least one SiT preset, e.g. [SiT-B/2]")
         for name in value:
-            if name not in SIT_ARCHS:
-                raise ValueError(
-                    f"unknown SiT model {name!r}{did_you_mean(name, SIT_ARCHS)}; "
-                    f"allowed: {format_allowed(SIT_ARCHS)}"
-                )
+            check_name(name, SIT_ARCHS, "SiT model")
         if len(set(value)) != len(value):
             raise ValueError(f"duplicate models in {value}")
         return value

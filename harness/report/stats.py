@@ -99,31 +99,28 @@ def _why_undefined(*arrays: np.ndarray) -> str:
 # ----------------------------------------------------------------------------- point estimates
 
 
-def pearson(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Pearson r and two-sided p-value (``scipy.stats.pearsonr``); NaNs when undefined."""
+def _scipy_estimate(test: Callable, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """``test``'s statistic and two-sided p-value on the finite rows; NaNs when undefined."""
     (x, y), _ = finite_rows(x, y)
     if _why_undefined(x, y):
         return np.nan, np.nan
-    res = sps.pearsonr(x, y)
+    res = test(x, y)
     return float(res.statistic), float(res.pvalue)
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Pearson r and two-sided p-value (``scipy.stats.pearsonr``); NaNs when undefined."""
+    return _scipy_estimate(sps.pearsonr, x, y)
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Spearman ρ and two-sided p-value (``scipy.stats.spearmanr``); NaNs when undefined."""
-    (x, y), _ = finite_rows(x, y)
-    if _why_undefined(x, y):
-        return np.nan, np.nan
-    res = sps.spearmanr(x, y)
-    return float(res.statistic), float(res.pvalue)
+    return _scipy_estimate(sps.spearmanr, x, y)
 
 
 def kendall(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Kendall τ-b and two-sided p-value (``scipy.stats.kendalltau``); NaNs when undefined."""
-    (x, y), _ = finite_rows(x, y)
-    if _why_undefined(x, y):
-        return np.nan, np.nan
-    res = sps.kendalltau(x, y)
-    return float(res.statistic), float(res.pvalue)
+    return _scipy_estimate(sps.kendalltau, x, y)
 
 
 POINT_ESTIMATORS: dict[str, Callable[[np.ndarray, np.ndarray], tuple[float, float]]] = {
