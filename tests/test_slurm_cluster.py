@@ -77,7 +77,9 @@ def test_preempted_checkpointable_job_is_requeued(slurm_cluster, tmp_path: Path)
     while not (markers / "run-0").exists():
         assert time.monotonic() < deadline, "the job did not start within 60 s"
         time.sleep(0.1)
-    job._interrupt()  # scancel --signal TERM, then USR2: submitit checkpoints and requeues
+    # USR2 alone (SLURM's warning signal): submitit checkpoints and runs `scontrol requeue`.
+    # Not _interrupt()'s TERM-then-USR2: a late TERM can kill that scontrol child mid-requeue.
+    job._interrupt(timeout=True)
 
     result = job.result()
 
