@@ -36,7 +36,7 @@ from harness.config.data import DataConfig
 from harness.config.model import SiTArch
 from harness.config.run import RunConfig, run_id
 from harness.config.sweep import ENCODER_SELECTORS, SweepConfig
-from harness.config.train import METHODS, AlignConfig
+from harness.config.train import AlignConfig
 from harness.errors import ConfigError, DataError, RegistryError, did_you_mean
 from harness.io import write_json
 from harness.paths import plan_dir
@@ -190,12 +190,17 @@ def build_plan(catalogue: Any, sweep: SweepConfig) -> Plan:
     if sweep.baseline_added:
         notes.append("method 'none' (vanilla SiT) is added as the baseline of every model size")
 
+    outside = [e for e in sweep.noise_floor.encoders if e not in encoders]
+    if outside:
+        raise ConfigError(
+            f"sweep {sweep.name}: noise_floor.encoders {outside} are not among the sweep's "
+            f"encoders{did_you_mean(outside[0], encoders)}",
+            hint=f"allowed: {', '.join(encoders)}",
+        )
     runs = [
         _run_config(sweep, data, encoder, method, model, seed)
         for model in sweep.models
-        for method in sweep.all_methods
-        for encoder in ([None] if not METHODS.get(method).uses_encoder else encoders)
-        for seed in sweep.seeds
+        for method, encoder, seed in sweep.run_grid(encoders)
     ]
     grids = sorted({run.model.grid for run in runs})
     spatial_grid = getattr(sweep.spatial, "grid", None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import colorsys
 import dataclasses
 import hashlib
 import subprocess
@@ -427,3 +428,31 @@ def test_corrupt_image_and_missing_mask_name_the_file(imagenet_folder) -> None:
     mask.unlink()
     with pytest.raises(DataError, match=f"{mask}: mask missing"):
         ds[1]
+
+
+def test_variety_knobs_change_what_is_drawn_and_the_fingerprint():
+    from harness.data import build_dataset
+
+    full = DataConfig(resolution=32, num_classes=8, train_images=48, val_images=8)
+    simple = full.model_copy(
+        update={"max_objects": 1, "home_palette_prob": 1.0, "backgrounds": "flat"}
+    )
+    idx = np.arange(48)
+    scenes = gen.sample_scenes(0, "train", idx, 8, gen.Variety.of(simple))
+    assert (scenes.n_objects == 1).all() and (scenes.bg_style == 4).all()
+    _, _, _, home = gen.recipe_arrays(scenes.labels)
+    expected_hue = home / gen.NUM_PALETTES  # home palette always (hue jitter is +-0.025)
+    hue = np.array([colorsys.rgb_to_hsv(*rgb)[0] for rgb in scenes.primary])
+    assert np.abs((hue - expected_hue + 0.5) % 1.0 - 0.5).max() < 0.03
+    images, masks = gen.render_indices(0, "train", idx, 8, 32, gen.Variety.of(simple))
+    for image, mask in zip(images, masks):  # flat: the background is one colour
+        pixels = image[~mask]  # (n, 3): images are (R, R, 3)
+        far = pixels[np.abs(pixels.astype(int) - pixels[0]).max(1) > 2]
+        assert len(far) < 0.1 * len(pixels)  # antialiased edges only
+    gradient = gen.sample_scenes(0, "train", idx, 8, gen.Variety(backgrounds="gradient"))
+    assert set(gradient.bg_style.tolist()) <= {0, 1}
+    default = gen.sample_scenes(0, "train", idx, 8)  # defaults: the full dataset, unchanged
+    assert (default.n_objects > 1).any() and len(set(default.bg_style.tolist())) == 4
+    fingerprints = {build_dataset(c, "train").fingerprint() for c in (full, simple)}
+    assert len(fingerprints) == 2
+    assert full.variety == {} and simple.variety["max_objects"] == 1

@@ -458,12 +458,16 @@ def test_cli_fid_ref_and_eval_write_results(
     (ref_dir,) = (results_root / "stages" / "fid_ref").iterdir()
     ref = read_result(ref_dir)
     assert ref["status"] == "done" and ref["payload"]["extractor"].startswith("harness-cnn-")
+    assert 0 <= ref["payload"]["class_accuracy_real"] <= 1
     run_dir = tiny_checkpoint[0].parent.parent
     assert main(["eval", str(run_dir), "--config", str(study)]) == 0
     (eval_dir,) = (results_root / "stages" / "eval").iterdir()
     result = read_result(eval_dir)
     assert result["status"] == "done" and result["payload"]["step"] == 2
     assert result["payload"]["protocol"]["reference_key"] == ref["payload"]["reference_key"]
+    metrics = result["payload"]["metrics"]  # the class accuracy of the samples and its ceiling
+    assert 0 <= metrics["class_accuracy"] <= 1
+    assert metrics["class_accuracy_real"] == ref["payload"]["class_accuracy_real"]
     assert "substitute extractor" in capsys.readouterr().out
     # bad input: exit code 2, nothing new recorded
     assert main(["eval", str(run_dir), "--config", str(study), "--set", "eval.bogus=1"]) == 2

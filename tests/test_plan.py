@@ -320,3 +320,34 @@ def test_training_estimate_reproduces_repa_throughput():
     }
     assert 6.0 < estimate_gpu_hours("eval", ev) < 8.0
     assert H100_EFFECTIVE_FLOPS > 0
+
+
+def test_noise_floor_repeats_the_baseline_and_named_runs_over_extra_seeds(catalogue):
+    sweep = tiny("noise_floor.seeds=[0, 1, 2]", "noise_floor.encoders=[pixels]")
+    plan = build_plan(catalogue, sweep)
+    trains = [s.labels for s in plan.stages if s.stage == "train"]
+    seeds = {}
+    for labels in trains:
+        seeds.setdefault((labels["method"], labels.get("encoder")), []).append(labels["seed"])
+    assert sorted(seeds[("none", None)]) == [0, 1, 2]
+    assert sorted(seeds[("repa", "pixels")]) == [0, 1, 2]  # methods default to the sweep's
+    assert sorted(seeds[("irepa", "pixels")]) == [0, 1, 2]
+    assert seeds[("repa", "noise")] == [0]  # not repeated
+    assert len(trains) == len({lab["run_id"] for lab in trains}) == 5 + 2 * 3  # no run twice
+    only_repa = tiny(
+        "noise_floor.seeds=[1]", "noise_floor.encoders=[noise]", "noise_floor.methods=[repa]"
+    )
+    extra = [
+        s.labels
+        for s in build_plan(catalogue, only_repa).stages
+        if s.stage == "train" and s.labels["seed"] == 1
+    ]
+    assert sorted((lab["method"], lab.get("encoder")) for lab in extra) == [
+        ("none", None),
+        ("repa", "noise"),
+    ]
+
+
+def test_noise_floor_encoder_outside_the_sweep_is_a_config_error(catalogue):
+    with pytest.raises(ConfigError, match=r"noise_floor.encoders \['hog'\].*not among"):
+        build_plan(catalogue, tiny("noise_floor.seeds=[1]", "noise_floor.encoders=[hog]"))

@@ -31,10 +31,10 @@ from harness.store.synthetic import DATA, SyntheticStudy, protocol, write_study
 
 V_STUDY_COLUMNS = [
     "sweep", "run_id", "encoder", "method", "model", "seed", "step", "train_status",
-    "fid", "isc", "kid", "precision", "recall", "fd_dinov2", "num_samples", "sampler", "nfe",
-    "cfg_scale", "guidance_low", "guidance_high", "vae", "reference_key", "extractor",
-    "extractor_substitute", "protocol_key", "lp_top1", "lp_top5", "lds", "cds", "srss", "rmsc",
-    "published_name",
+    "fid", "isc", "kid", "precision", "recall", "fd_dinov2", "class_accuracy",
+    "class_accuracy_real", "num_samples", "sampler", "nfe", "cfg_scale", "guidance_low",
+    "guidance_high", "vae", "reference_key", "extractor", "extractor_substitute", "protocol_key",
+    "lp_top1", "lp_top5", "lds", "cds", "srss", "rmsc", "published_name",
 ]  # fmt: skip
 SMALL = SyntheticStudy(n_encoders=3, eval_steps=(50, 100), per_image=6)
 

@@ -26,9 +26,23 @@ class DataConfig(Config):
     train_images: int = Field(2000, ge=1)  # generated: size of train; folder: cap (per split)
     val_images: int = Field(500, ge=1)  # generated: size of val; folder: cap
     seed: int = Field(0, ge=0)  # generated: the dataset seed
+    # generated: the variety of the images (defaults: the full dataset; fewer objects, the home
+    # palette always and plain backgrounds make a dataset a small SiT learns in CPU-minutes)
+    max_objects: int = Field(3, ge=1, le=3)  # objects per image are drawn from 1..max_objects
+    home_palette_prob: float = Field(0.5, ge=0.0, le=1.0)  # images in their class's home palette
+    backgrounds: Literal["textured", "gradient", "flat"] = "textured"  # textured: gradients,
+    #   noise and stripes; gradient: linear / radial gradients only; flat: one colour
+
+    @property
+    def variety(self) -> dict[str, object]:
+        """The variety fields that differ from the full dataset (part of the fingerprint)."""
+        full = {"max_objects": 3, "home_palette_prob": 0.5, "backgrounds": "textured"}
+        return {k: getattr(self, k) for k, v in full.items() if getattr(self, k) != v}
 
     @model_validator(mode="after")
     def _folder_needs_root(self) -> DataConfig:
         if self.source == "folder" and not self.root:
-            raise ValueError("@root: source 'folder' needs 'root' (a directory with train/ and val/)")
+            raise ValueError(
+                "@root: source 'folder' needs 'root' (a directory with train/ and val/)"
+            )
         return self

@@ -38,6 +38,10 @@ class MetricsConfig(Config):
     prc: bool = True  # precision / recall, Kynkäänniemi et al. 2019 (needs reference features)
     fd_dinov2: bool = False  # FD with DINOv2 CLS features (secondary; needs the DINOv2 hub cache)
     fd_dinov2_extractor: DinoName = "dinov2-vit-b-14"  # which DINOv2 serves fd_dinov2
+    # fraction of samples the classifier assigns to their conditioning class, with its ceiling
+    # (the same classifier on the real val split); needs classifier logits over the dataset's
+    # classes, i.e. the substitute extractor harness-cnn (other extractors: recorded as skipped)
+    class_accuracy: bool = True
     isc_splits: int = Field(10, ge=1)  # IS splits (torch-fidelity default)
     kid_subsets: int = Field(100, ge=1)  # KID subsets (torch-fidelity default)
     kid_subset_size: int = Field(1000, ge=2)  # KID subset size; capped at the smaller set, recorded
@@ -98,7 +102,7 @@ class EvalConfig(Config):
         if any(step < 0 for step in self.at_steps):
             raise ValueError(f"at_steps must be >= 0, got {self.at_steps}")
         m = self.metrics
-        if not (m.fid or m.isc or m.kid or m.prc or m.fd_dinov2):
+        if not (m.fid or m.isc or m.kid or m.prc or m.fd_dinov2 or m.class_accuracy):
             raise ValueError("metrics: every metric is switched off; enable at least one")
         if self.feature_extractor_weights_path and self.extractor != "inception-v3-compat":
             raise ValueError(

@@ -11,6 +11,7 @@ SiT-B/p    12      768     12     4            ~130M
 SiT-L/p    24      1024    16     8            ~458M
 SiT-XL/p   28      1152    16     8            ~675M
 SiT-T/p    4       64      4      2            tiny CPU-test preset (not a published size)
+SiT-XS/p   6       128     4      2            extra-small CPU-study preset (not published)
 =========  ======  ======  =====  ===========  ==============
 
 ``p`` ∈ {2, 4, 8} is the patch size. "align depth" is the default ``align.encoder_depth``:
@@ -53,6 +54,7 @@ _SIZES = {
     "L": (24, 1024, 16, 8),
     "XL": (28, 1152, 16, 8),
     "T": (4, 64, 4, 2),  # tiny: CPU tests and smoke runs only
+    "XS": (6, 128, 4, 2),  # extra small: CPU studies (bench_cpu_scale.py)
 }
 for _size, (_depth, _hidden, _heads, _align) in _SIZES.items():
     for _patch in (2, 4, 8):

@@ -55,6 +55,29 @@ class LaunchConfig(Config):
     job_name: str = Field("harness", pattern=NAME_PATTERN)  # SLURM job-name prefix
 
 
+class NoiseFloorConfig(Config):
+    """Repeats of a few runs over extra seeds, so the report can tell a difference between two
+    runs from seed-to-seed noise. The baseline (method ``none``) is always repeated."""
+
+    seeds: list[int] = Field(default_factory=list)  # extra seeds (the sweep's own seeds too)
+    encoders: list[str] = Field(default_factory=list)  # aligned runs repeated (sweep encoders)
+    methods: list[str] = Field(default_factory=list)  # their methods ([] = the sweep's methods)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value) or any(s < 0 for s in value):
+            raise ValueError(f"seeds must be distinct non-negative integers, got {value}")
+        return value
+
+    @field_validator("methods")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        for name in value:
+            check_name(name, METHODS, "method")
+        return value
+
+
 class SweepConfig(Config):
     """One study: the encoders × methods × SiT sizes × seeds grid and every stage's settings."""
 
@@ -66,6 +89,7 @@ class SweepConfig(Config):
     models: list[str] = Field(default_factory=lambda: ["SiT-B/2"])  # SiT presets to train
     model: ModelConfig = Field(default_factory=ModelConfig)  # shared model settings (name ignored)
     seeds: list[int] = Field(default_factory=lambda: [0])  # one run per seed
+    noise_floor: NoiseFloorConfig = Field(default_factory=NoiseFloorConfig)  # seed repeats
     align: dict[str, AlignConfig] = Field(default_factory=dict)  # per-method alignment overrides
     train: TrainConfig = Field(default_factory=TrainConfig)  # every training run
     eval: EvalConfig = Field(default_factory=EvalConfig)  # generation metrics at eval.at_steps
@@ -144,6 +168,24 @@ class SweepConfig(Config):
     @property
     def baseline_added(self) -> bool:
         return BASELINE_METHOD not in self.methods
+
+    def run_grid(self, encoders: Sequence[str]) -> list[tuple[str, str | None, int]]:
+        """``(method, encoder, seed)`` of every run of one SiT size: the full grid over
+        ``seeds``, plus the noise-floor repeats (the baseline and ``noise_floor.encoders`` ×
+        ``noise_floor.methods``) over ``noise_floor.seeds``; no run twice."""
+        runs: list[tuple[str, str | None, int]] = []
+        for method in self.all_methods:
+            targets = [None] if not METHODS.get(method).uses_encoder else list(encoders)
+            runs += [(method, encoder, seed) for encoder in targets for seed in self.seeds]
+        floor = self.noise_floor
+        repeated = [(BASELINE_METHOD, None)] + [
+            (method, encoder)
+            for method in floor.methods or self.methods
+            if method != BASELINE_METHOD
+            for encoder in floor.encoders
+        ]
+        runs += [(m, e, seed) for m, e in repeated for seed in floor.seeds]
+        return list(dict.fromkeys(runs))
 
     @property
     def eval_steps(self) -> list[int]:

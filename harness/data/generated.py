@@ -65,6 +65,31 @@ _OBJ_FIELDS = 5
 NUM_DRAWS = _OBJ + MAX_OBJECTS * _OBJ_FIELDS
 
 
+BACKGROUND_STYLES = {"textured": (0, 1, 2, 3), "gradient": (0, 1), "flat": (4,)}  # 4: one colour
+
+
+@dataclass(frozen=True)
+class Variety:
+    """How varied the images are (the defaults are the full dataset).
+
+    A class is always its shape and texture; ``home_palette_prob`` = 1 adds its colour as a cue,
+    ``max_objects`` = 1 gives one large object per image, and ``backgrounds`` narrows the
+    background styles. The per-image random draws are the same at every variety, so a change of
+    variety changes what is drawn, not which random numbers are used.
+    """
+
+    max_objects: int = MAX_OBJECTS
+    home_palette_prob: float = HOME_PALETTE_PROB
+    backgrounds: str = "textured"
+
+    @classmethod
+    def of(cls, cfg: DataConfig) -> Variety:
+        return cls(cfg.max_objects, cfg.home_palette_prob, cfg.backgrounds)
+
+
+FULL_VARIETY = Variety()
+
+
 @dataclass(frozen=True)
 class ClassRecipe:
     """What makes a class: drawn objects share these attributes."""
@@ -148,7 +173,13 @@ def draw_uniforms(seed: int, split: str, indices: np.ndarray) -> np.ndarray:
     return out
 
 
-def sample_scenes(seed: int, split: str, indices: np.ndarray, num_classes: int) -> Scenes:
+def sample_scenes(
+    seed: int,
+    split: str,
+    indices: np.ndarray,
+    num_classes: int,
+    variety: Variety = FULL_VARIETY,
+) -> Scenes:
     """The scene parameters of images ``indices`` of ``split`` (labels are ``index % classes``)."""
     indices = np.asarray(indices, dtype=np.int64)
     u = draw_uniforms(seed, split, indices)  # (N, NUM_DRAWS)
@@ -156,9 +187,10 @@ def sample_scenes(seed: int, split: str, indices: np.ndarray, num_classes: int) 
     labels = indices % num_classes
     shape, texture, scale, home = recipe_arrays(labels)
 
-    n_objects = 1 + np.minimum((u[:, _N_OBJ] * MAX_OBJECTS).astype(np.int64), MAX_OBJECTS - 1)
+    most = variety.max_objects
+    n_objects = 1 + np.minimum((u[:, _N_OBJ] * most).astype(np.int64), most - 1)
     random_palette = np.minimum((u[:, _PAL_RAND] * NUM_PALETTES).astype(np.int64), NUM_PALETTES - 1)
-    palette = np.where(u[:, _PAL_HOME] < HOME_PALETTE_PROB, home, random_palette)
+    palette = np.where(u[:, _PAL_HOME] < variety.home_palette_prob, home, random_palette)
     hue = (palette / NUM_PALETTES + (u[:, _HUE] - 0.5) * 0.05) % 1.0
     sat = 0.6 + 0.35 * u[:, _SAT]
     val = 0.6 + 0.4 * u[:, _VAL]
@@ -185,7 +217,7 @@ def sample_scenes(seed: int, split: str, indices: np.ndarray, num_classes: int) 
         texture_phase=obj[..., 4],
         primary=primary,
         secondary=secondary,
-        bg_style=np.minimum((u[:, _BG_STYLE] * 4).astype(np.int64), 3),
+        bg_style=_background_styles(u[:, _BG_STYLE], variety.backgrounds),
         bg_colors=hsv_to_rgb(np.stack([bg1, bg2], axis=1)),
         bg_angle=u[:, _BG_ANGLE] * 2 * np.pi,
         bg_frequency=0.75 + 1.25 * u[:, _BG_FREQ],
@@ -193,6 +225,13 @@ def sample_scenes(seed: int, split: str, indices: np.ndarray, num_classes: int) 
         bg_center=(np.stack([u[:, _BG_CX], u[:, _BG_CY]], axis=-1) - 0.5) * 2,
         bg_noise=u[:, _BG_NOISE:_OBJ].reshape(n, NOISE_GRID, NOISE_GRID),
     )
+
+
+def _background_styles(draws: np.ndarray, backgrounds: str) -> np.ndarray:
+    """(N,) uniform draws -> background style indices, uniform over the allowed styles."""
+    styles = np.asarray(BACKGROUND_STYLES[backgrounds])
+    pick = np.minimum((draws * len(styles)).astype(np.int64), len(styles) - 1)
+    return styles[pick]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,8 +300,8 @@ def render_backgrounds(scenes: Scenes, resolution: int) -> np.ndarray:
     n = len(scenes)
     xs = _pixel_centers(resolution)
     x, y = xs[None, None, :], xs[None, :, None]  # (1, 1, R), (1, R, 1)
-    t = np.empty((n, resolution, resolution), dtype=np.float32)  # mix weight of colour 2
-    for style in range(4):
+    t = np.zeros((n, resolution, resolution), dtype=np.float32)  # mix weight of colour 2
+    for style in range(4):  # style 4 (flat) keeps t = 0: the first colour alone
         sel = np.nonzero(scenes.bg_style == style)[0]
         if sel.size == 0:
             continue
@@ -399,7 +438,12 @@ def default_supersample(resolution: int) -> int:
 
 
 def render_indices(
-    seed: int, split: str, indices: np.ndarray, num_classes: int, resolution: int
+    seed: int,
+    split: str,
+    indices: np.ndarray,
+    num_classes: int,
+    resolution: int,
+    variety: Variety = FULL_VARIETY,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Images and masks of ``indices``, rendered in memory-bounded chunks."""
     supersample = default_supersample(resolution)
@@ -408,7 +452,7 @@ def render_indices(
     masks = np.empty((len(indices), resolution, resolution), dtype=bool)
     for start in range(0, len(indices), chunk):
         part = indices[start : start + chunk]
-        scenes = sample_scenes(seed, split, part, num_classes)
+        scenes = sample_scenes(seed, split, part, num_classes, variety)
         images[start : start + len(part)], masks[start : start + len(part)] = render(
             scenes, resolution, supersample
         )
@@ -439,6 +483,8 @@ class GeneratedDataset(ImageDataset):
         self.split = check_split(split)
         self.resolution = cfg.resolution
         self.seed = cfg.seed
+        self.variety = Variety.of(cfg)
+        self._variety_key = cfg.variety  # only fields that differ from the full dataset
         self.size = cfg.train_images if split == "train" else cfg.val_images
         self.class_names = [class_recipe(c).name for c in range(cfg.num_classes)]
         self._labels = np.arange(self.size, dtype=np.int64) % cfg.num_classes
@@ -462,13 +508,16 @@ class GeneratedDataset(ImageDataset):
                 "size": self.size,
                 "resolution": self.resolution,
                 "num_classes": self.num_classes,
+                **({"variety": self._variety_key} if self._variety_key else {}),
             }
         )
 
     def _load_batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._cache is not None:
             return self._cache[0][indices], self._cache[1][indices]
-        return render_indices(self.seed, self.split, indices, self.num_classes, self.resolution)
+        return render_indices(
+            self.seed, self.split, indices, self.num_classes, self.resolution, self.variety
+        )
 
     def _load_or_build_cache(self, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         path = cache_dir / f"{self.fingerprint()}.npz"
@@ -482,7 +531,7 @@ class GeneratedDataset(ImageDataset):
         for start in range(0, self.size, step):
             idx = np.arange(start, min(start + step, self.size))
             images[idx], masks[idx] = render_indices(
-                self.seed, self.split, idx, self.num_classes, self.resolution
+                self.seed, self.split, idx, self.num_classes, self.resolution, self.variety
             )
             bar.update(len(idx))
         bar.close()

@@ -7,7 +7,8 @@
       2. resolve the extractors and check they are the reference's (name, weights hash, layer)
       3. load the EMA model (harness.train.checkpoint.load_for_sampling)
       4. generate this rank's missing shards under out_dir/samples (seed + i per sample)
-      5. rank 0: features (fixed batch size, TF32 off) -> FID, IS, KID, PR, FD-DINOv2
+      5. rank 0: features (fixed batch size, TF32 off) -> FID, IS, KID, PR, FD-DINOv2, class
+         accuracy (substitute classifier vs the samples' labels; ceiling from the reference)
       6. return the payload (the caller writes result.json; nothing is written on error)
 """
 
@@ -167,6 +168,8 @@ def evaluate_checkpoint(
         primary,
         dino,
         cfg,
+        labels=plan.labels(0, plan.num_samples),
+        num_classes=source.num_classes,
     )
     metrics, skipped, settings = generation_metrics(generated, reference, cfg, primary)
     protocol = _protocol(cfg, source, reference, primary, dino, settings)
@@ -284,7 +287,7 @@ def _protocol(
 
 def _layers(primary: ExtractorInfo, cfg: EvalConfig) -> list[str]:
     layers = [primary.fid_layer]
-    if cfg.metrics.isc and primary.isc_layer is not None:
+    if (cfg.metrics.isc or cfg.metrics.class_accuracy) and primary.isc_layer is not None:
         layers.append(primary.isc_layer)
     return layers
 

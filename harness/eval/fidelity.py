@@ -7,6 +7,11 @@
   input 1 = generated, input 2 = real (precision: fraction of generated samples inside the real
   manifold); a swapped call swaps the two numbers (toshas/torch-fidelity#58), which
   :func:`precision_recall` pins by naming its arguments.
+* class accuracy: the fraction of class-conditional samples whose classifier argmax is their
+  conditioning label (:func:`class_accuracy`), next to its ceiling ``class_accuracy_real`` (the
+  same classifier on the real val split, computed with the reference statistics). Only the
+  substitute extractor (``harness-cnn``) classifies into the dataset's classes; with another
+  extractor both are skipped, with the reason.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ METRIC_KEYS = (
     "precision",
     "recall",
     "fd_dinov2",
+    "class_accuracy",  # samples assigned to their conditioning class by the substitute classifier
+    "class_accuracy_real",  # its ceiling: the same classifier on the real val images
 )
 RNG_SEED = 2020  # torch-fidelity's default rng_seed (IS shuffling, KID subsets)
 _PART_MODE_PAIRS = 10**8  # above this many generated x real pairs, PR runs block-wise
@@ -48,8 +55,10 @@ class GeneratedFeatures:
     n: int
     fid: GaussianStats | None  # FID-layer statistics (float64)
     features: torch.Tensor | None  # (N, D) FID-layer features, for KID / PR
-    logits: torch.Tensor | None  # (N, C), for IS
+    logits: torch.Tensor | None  # (N, C), for IS and class accuracy
     dinov2: GaussianStats | None  # DINOv2 statistics
+    labels: np.ndarray | None = None  # (N,) int64 conditioning labels, in sample order
+    num_classes: int | None = None  # classes the model is conditioned on
 
 
 def inception_score(
@@ -66,6 +75,29 @@ def inception_score(
         raise StageError(f"inception score: {len(logits)} samples cannot form {splits} splits")
     out = isc_features_to_metric(logits.cpu(), splits=splits, shuffle=True, rng_seed=seed)
     return out[KEY_METRIC_ISC_MEAN], out[KEY_METRIC_ISC_STD]
+
+
+def class_accuracy(logits: torch.Tensor, labels: np.ndarray | torch.Tensor) -> float:
+    """Fraction of samples whose classifier argmax is their label (on ties the first maximal
+    class is the prediction): ``correct / N``.
+
+    Args:
+        logits: (N, C) classifier outputs.
+        labels: (N,) int class labels the samples were generated with.
+
+    Raises:
+        StageError: shapes that do not pair one label with each row, or no samples.
+    """
+    import torch
+
+    target = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+    if logits.ndim != 2 or target.ndim != 1 or len(logits) != len(target) or not len(target):
+        raise StageError(
+            f"class accuracy: need (N, C) logits and (N,) labels with N > 0, got "
+            f"{tuple(logits.shape)} and {tuple(target.shape)}"
+        )
+    correct = int((logits.argmax(dim=1).cpu() == target).sum())
+    return correct / len(target)
 
 
 def kernel_inception_distance(
@@ -131,15 +163,20 @@ def collect_generated(
     primary: ExtractorInfo,
     dino: ExtractorInfo | None,
     cfg: EvalConfig,
+    *,
+    labels: np.ndarray | None = None,
+    num_classes: int | None = None,
 ) -> GeneratedFeatures:
     """Accumulate what the metrics need from ``iter_features`` output (primary extractor first,
-    then DINOv2 when ``dino`` is given)."""
+    then DINOv2 when ``dino`` is given); ``labels`` (N,) are the samples' conditioning labels in
+    sample order and ``num_classes`` the model's class count (both for class accuracy)."""
     import torch
 
     m = cfg.metrics
     fid_acc = StatsAccumulator("generated samples")
     dino_acc = StatsAccumulator("generated samples (DINOv2)")
-    keep_features, keep_logits = m.kid or m.prc, m.isc and primary.isc_layer is not None
+    keep_features = m.kid or m.prc
+    keep_logits = (m.isc or m.class_accuracy) and primary.isc_layer is not None
     features: list[torch.Tensor] = []
     logits: list[torch.Tensor] = []
     n = 0
@@ -160,6 +197,8 @@ def collect_generated(
         features=torch.cat(features) if features else None,
         logits=torch.cat(logits) if logits else None,
         dinov2=dino_acc.result() if dino is not None else None,
+        labels=None if labels is None else np.asarray(labels, dtype=np.int64),
+        num_classes=num_classes,
     )
 
 
@@ -218,7 +257,44 @@ def generation_metrics(
             skipped["fd_dinov2"] = f"reference {reference.key} has no DINOv2 statistics"
         else:
             metrics["fd_dinov2"] = frechet_distance(generated.dinov2, reference.dinov2)
+    if m.class_accuracy:
+        reason = _no_class_accuracy(generated, primary)
+        if reason is not None:
+            skipped["class_accuracy"] = reason
+        else:
+            assert generated.logits is not None and generated.labels is not None
+            metrics["class_accuracy"] = class_accuracy(generated.logits, generated.labels)
+            ceiling = reference.meta.get("class_accuracy_real")
+            if ceiling is None:
+                skipped["class_accuracy_real"] = (
+                    f"reference {reference.key} records no accuracy of its classifier on real "
+                    "val images (computed before class accuracy existed, or with "
+                    "metrics.class_accuracy off): recompute it with harness fid-ref"
+                )
+            else:
+                metrics["class_accuracy_real"] = float(ceiling)
     bad = {k: v for k, v in metrics.items() if not np.isfinite(v)}
     if bad:
         raise StageError(f"non-finite metric values {bad}; the features or statistics are broken")
     return metrics, skipped, settings
+
+
+def _no_class_accuracy(generated: GeneratedFeatures, primary: ExtractorInfo) -> str | None:
+    """Why the class accuracy of these samples is undefined (None: it is defined)."""
+    from harness.eval.substitute import PREFIX
+
+    if not primary.name.startswith(PREFIX):
+        return (
+            f"extractor {primary.name} has no classifier over the dataset's classes (only the "
+            "substitute extractor harness-cnn has one)"
+        )
+    if generated.logits is None:
+        return f"extractor {primary.name} has no classifier logits"
+    if generated.labels is None or not generated.num_classes:
+        return "the samples carry no conditioning labels (unconditional model)"
+    if generated.logits.shape[1] != generated.num_classes:
+        return (
+            f"the model is conditioned on {generated.num_classes} classes, the classifier of "
+            f"{primary.name} predicts {generated.logits.shape[1]}"
+        )
+    return None

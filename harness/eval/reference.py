@@ -6,13 +6,20 @@ A reference directory holds ``stats.npz`` and ``reference.json`` (written last):
     stats.npz        mu, sigma (float64)         FID-layer statistics of the reference set
                      features (M, D) float32     a seeded subset of reference features (KID, PR)
                      dinov2_mu, dinov2_sigma     DINOv2 statistics (when metrics.fd_dinov2)
-    reference.json   reference_key, extractor, weights hash, dataset, n_images, ...
+    reference.json   reference_key, extractor, weights hash, dataset, n_images, ...,
+                     class_accuracy_real (substitute extractor: its classifier's accuracy on
+                     the real val split, the ceiling of the samples' class accuracy)
 
 The statistics are cached under ``results/cache/fid_refs/<reference_key>/`` so every stage and
 command that needs the same reference reuses one computation. ADM's ``VIRTUAL_imagenet256_
 labeled.npz`` provides ``mu``/``sigma`` of Inception pool features (and 10k images ``arr_0``,
 used for KID / PR / FD-DINOv2 when present), which makes FID comparable with the papers'
 ADM-suite numbers (only ``mu``/``sigma`` enter FID there, too).
+
+``class_accuracy_real`` is not part of the reference key (it does not change the statistics):
+it is a function of the classifier (the extractor, in the key) and the val split, computed once
+per (classifier, val split content) by :func:`harness.eval.substitute.real_class_accuracy` and
+written into each output directory's ``reference.json`` for the data config of that call.
 """
 
 from __future__ import annotations
@@ -150,7 +157,8 @@ def compute_reference(
         ``reference.json``.
 
     Raises:
-        ArtifactError: missing or corrupt ADM npz. DataError: empty dataset.
+        ArtifactError: missing or corrupt ADM npz. DataError: empty dataset (or, for the
+            class-accuracy ceiling of the substitute, an empty val split).
         WeightsError: extractor weights missing. StageError: too few images (N <= D).
     """
     import torch_fidelity
@@ -183,6 +191,7 @@ def compute_reference(
         "torch_fidelity": torch_fidelity.__version__,
     }
     meta["reference_key"] = content_hash({k: meta[k] for k in _KEY_FIELDS})
+    meta.update(_class_accuracy_real(cfg, data, primary, device))  # not part of the key
     meta["available"] = {
         "fid": True,
         "kid": n_features > 1,
@@ -191,7 +200,7 @@ def compute_reference(
     }
     if _reuse(out_dir, meta["reference_key"], root):
         event(log, "eval.reference.cached", key=meta["reference_key"], out=str(out_dir))
-        return _payload(load_reference(out_dir).meta)
+        return _payload(_update_class_accuracy(out_dir, meta))
     arrays = _extract(source, primary, dino, n_features, cfg, device)
     cached = cache_dir(root, "fid_refs") / meta["reference_key"]
     _write(cached, arrays, meta)
@@ -205,6 +214,38 @@ def compute_reference(
         seconds=round(time.time() - started, 1),
     )
     return _payload(meta)
+
+
+CLASS_ACCURACY_FIELDS = ("class_accuracy_real", "class_accuracy_set")
+
+
+def _class_accuracy_real(
+    cfg: EvalConfig, data: DataConfig | None, primary: ExtractorInfo, device: str
+) -> dict[str, Any]:
+    """The ceiling of the samples' class accuracy: the substitute classifier's accuracy on the
+    real val split (``class_accuracy_real``) and which images it was measured on
+    (``class_accuracy_set``); both None without a substitute or with the metric off."""
+    from harness.eval.substitute import PREFIX, real_class_accuracy
+
+    if not cfg.metrics.class_accuracy or not primary.name.startswith(PREFIX) or data is None:
+        return dict.fromkeys(CLASS_ACCURACY_FIELDS)
+    result = real_class_accuracy(
+        Path(str(primary.weights_path)), data, batch_size=cfg.batch_size, device=device
+    )
+    described = {k: result[k] for k in ("split", "fingerprint", "n_images", "correct")}
+    return {"class_accuracy_real": result["accuracy"], "class_accuracy_set": described}
+
+
+def _update_class_accuracy(out_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """The reused ``reference.json`` of ``out_dir`` with this call's class-accuracy ceiling
+    (rewritten when it differs: a cache entry made for another val split, or before the
+    ceiling existed)."""
+    current = load_reference(out_dir).meta
+    wanted = {k: meta.get(k) for k in CLASS_ACCURACY_FIELDS}
+    if {k: current.get(k) for k in CLASS_ACCURACY_FIELDS} != wanted:
+        current = {**current, **wanted}
+        write_json(out_dir / META_FILE, current)
+    return current
 
 
 def _payload(meta: dict[str, Any]) -> dict[str, Any]:

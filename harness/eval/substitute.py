@@ -7,19 +7,25 @@ train split (seconds on CPU at 32 px), cached under ``results/cache/extractors/<
 ``harness-cnn-<key>``. Its penultimate layer (``feat``) serves FID / KID / PR and its logits
 serve IS. Every result computed with it says ``extractor_substitute: true``: an FD on these
 features is *not* an FID and is never comparable with published numbers.
+
+Its classifier also scores the samples' class accuracy (:mod:`harness.eval.fidelity`); the
+ceiling of that metric, the classifier's accuracy on the dataset's real val split
+(:func:`real_class_accuracy`), is computed once per (checkpoint, val split content) and cached
+next to the checkpoint as ``<key>.val-<hash>.json``.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.config.data import DataConfig
 from harness.config.eval import SubstituteConfig
 from harness.errors import DataError, WeightsError
-from harness.io import atomic_write, content_hash
+from harness.io import atomic_write, content_hash, write_json
 from harness.logs import event, get_logger
 from harness.paths import cache_dir
 from harness.progress import progress
@@ -33,6 +39,8 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 PREFIX = "harness-cnn-"
 RECIPE_VERSION = 1  # bump when training or architecture semantics change (invalidates caches)
+ACCURACY_VERSION = 1  # bump when the real-image accuracy's meaning changes (invalidates caches)
+ACCURACY_SPLIT = "val"  # the real images the ceiling of the sample class accuracy is measured on
 
 
 def substitute_key(dataset_fingerprint: str, cfg: SubstituteConfig) -> str:
@@ -95,6 +103,78 @@ def ensure_substitute(
     save_checkpoint(checkpoint, path)
     event(log, "eval.substitute.trained", key=key, accuracy=checkpoint["train_accuracy"])
     return path
+
+
+def real_class_accuracy(
+    path: Path, data: DataConfig, *, batch_size: int = 64, device: str = "cpu"
+) -> dict[str, Any]:
+    """Top-1 accuracy of the substitute at ``path`` on every image of the val split of ``data``
+    (argmax of its logits vs the true labels): the ceiling of the sample class accuracy.
+
+    Computed once per (checkpoint, val split content) and cached next to the checkpoint; later
+    calls read the cache. The images go through the torch-fidelity extractor the eval uses.
+
+    Args:
+        path: a substitute checkpoint (``ensure_substitute``).
+        data: the dataset whose val split is classified (the one the substitute was trained on).
+        batch_size: extractor batch size.
+        device: extraction device.
+
+    Returns:
+        ``{"accuracy", "correct", "n_images", "split", "fingerprint"}`` (fingerprint of the val
+        split).
+
+    Raises:
+        DataError: the val split is empty. WeightsError: the checkpoint is missing or corrupt.
+    """
+    import json
+
+    import numpy as np
+
+    from harness.data import build_dataset
+    from harness.eval.features import build_extractor, iter_features, rebatch
+    from harness.eval.images import dataset_chunks
+
+    dataset = build_dataset(data, ACCURACY_SPLIT)
+    fingerprint = dataset.fingerprint()
+    cache = path.with_name(
+        f"{path.stem}.{ACCURACY_SPLIT}-"
+        f"{content_hash({'version': ACCURACY_VERSION, 'fingerprint': fingerprint}, 12)}.json"
+    )
+    try:
+        cached = json.loads(cache.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cached = None
+    if isinstance(cached, dict) and cached.get("checkpoint") == path.stem:
+        return {k: v for k, v in cached.items() if k != "checkpoint"}
+    n = len(dataset)
+    if n == 0:
+        raise DataError(
+            f"class accuracy: the {ACCURACY_SPLIT} split of the dataset is empty",
+            hint="give the dataset a val split, or set eval.metrics.class_accuracy: false",
+        )
+    info = substitute_info(path)
+    extractor = build_extractor(info, [str(info.isc_layer)], device)
+    labels = np.asarray(dataset.labels(), dtype=np.int64)
+    correct, offset = 0, 0
+    workers = min(8, os.cpu_count() or 1) if data.source == "folder" else 0  # JPEG decoding
+    batches = rebatch(dataset_chunks(dataset, np.arange(n), workers=workers), batch_size)
+    for outputs in iter_features(
+        [extractor], batches, total=n, device=device, desc="substitute: val accuracy"
+    ):
+        predicted = outputs[0][str(info.isc_layer)].argmax(dim=1).cpu().numpy()  # (B,)
+        correct += int((predicted == labels[offset : offset + len(predicted)]).sum())
+        offset += len(predicted)
+    result = {
+        "accuracy": correct / n,
+        "correct": correct,
+        "n_images": n,
+        "split": ACCURACY_SPLIT,
+        "fingerprint": fingerprint,
+    }
+    write_json(cache, {**result, "checkpoint": path.stem})
+    event(log, "eval.substitute.val_accuracy", key=path.stem, accuracy=result["accuracy"], n=n)
+    return result
 
 
 def save_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
