@@ -78,8 +78,11 @@ def setup_logging(verbosity: int = 0, log_file: str | Path | None = None) -> Non
 
 def add_json_log(log_file: str | Path) -> logging.Handler:
     """Also write every ``harness`` event as a JSON line to ``log_file``."""
-    Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+    from harness.io import make_dirs, share
+
+    make_dirs(Path(log_file).parent)
     handler = logging.FileHandler(log_file, encoding="utf-8")
+    share(log_file)
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(_JsonFormatter())
     logging.getLogger("harness").addHandler(handler)

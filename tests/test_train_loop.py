@@ -351,7 +351,9 @@ def test_cache_targets_encodes_each_image_once_and_matches_fresh_targets(tmp_pat
     # 64 training images, 8 steps of 16 = two epochs: the cache must encode each image once.
     cached_enc, fresh_enc = CountingEncoder(), CountingEncoder()
     cached = train(
-        tiny_run(steps=8, cache_targets=True), tmp_path / "c", device="cpu",
+        tiny_run(steps=8, cache_targets=True),
+        tmp_path / "c",
+        device="cpu",
         target_encoders=[cached_enc],
     )
     fresh = train(tiny_run(steps=8), tmp_path / "f", device="cpu", target_encoders=[fresh_enc])
@@ -361,3 +363,29 @@ def test_cache_targets_encodes_each_image_once_and_matches_fresh_targets(tmp_pat
     for a, b in zip(rows_c, rows_f, strict=True):  # float16 storage: equal to ~1e-3
         assert math.isclose(a["align_cos"], b["align_cos"], rel_tol=0, abs_tol=2e-3)
     assert cached["status"] == fresh["status"] == "done"
+
+
+def test_ema_warmup_follows_its_formula_and_resumes_exactly(tmp_path: Path) -> None:
+    from harness.train.trainer import ema_decay_at
+
+    assert ema_decay_at(0, 0.999, True) == pytest.approx(0.1)
+    assert ema_decay_at(90, 0.999, True) == pytest.approx(91 / 100)
+    assert ema_decay_at(10_000, 0.999, True) == 0.999  # capped at ema_decay
+    assert ema_decay_at(0, 0.999, False) == 0.999
+    # behaviour: one step per call (each call resumes), then check the stored EMA against the
+    # recurrence EMA_n = d * EMA_{n-1} + (1 - d) * W_n with d = n / (9 + n) (n - 1 updates done)
+    run = tiny_run("none", steps=6, ckpt_every=100, keep_last=10, ema_decay=0.99, ema_warmup=True)
+    states = []
+    for stop in range(1, 7):
+        train(run, tmp_path / "run", device="cpu", stop_after=stop)
+        states.append(load_checkpoint(list_checkpoints(tmp_path / "run")[-1][1]))
+    for n in range(2, 7):
+        d = n / (9 + n)
+        previous, current = states[n - 2], states[n - 1]
+        for name, ema in current["ema"].items():
+            if not ema.is_floating_point():
+                continue
+            expected = d * previous["ema"][name] + (1 - d) * current["model"][name]
+            torch.testing.assert_close(ema, expected, rtol=1e-5, atol=1e-7)
+    moved = [k for k, v in states[-1]["model"].items() if not torch.equal(v, states[0]["model"][k])]
+    assert moved  # the weights trained, so the check above is not vacuous

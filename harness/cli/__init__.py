@@ -10,12 +10,13 @@ Exit codes: 0 ok, 2 user error (:class:`~harness.errors.HarnessError`), 1 intern
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import pkgutil
 import sys
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from harness import __version__
@@ -43,6 +44,17 @@ def add_overrides_argument(
         default=[],
         metavar="KEY.PATH=VALUE",
         help=f"override {what}, e.g. --set {example} (repeatable)",
+    )
+
+
+def add_trust_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
+    """``--trust-checkpoint``: also load checkpoints that need pickle (see
+    :mod:`harness.train.checkpoint`), for the commands that load training checkpoints."""
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="also load a checkpoint that needs pickle (checkpoint format 1 of earlier "
+        "harness versions): unpickling runs code from the file, so only for files you trust",
     )
 
 
@@ -97,6 +109,13 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
         help="results root (default: $HARNESS_RESULTS or ./results)",
     )
     group.add_argument(
+        "--group",
+        metavar="NAME",
+        default=default,
+        help="lab group that gets (group-readable) every file and directory written "
+        "(default: $HARNESS_GROUP; none)",
+    )
+    group.add_argument(
         "-v",
         "--verbose",
         action="count",
@@ -111,6 +130,32 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
     )
 
 
+@contextlib.contextmanager
+def _command_environment(args: argparse.Namespace) -> Iterator[None]:
+    """``--group`` and ``--trust-checkpoint`` as environment variables while the command runs
+    (so the jobs it starts inherit them); the group is checked before anything is written."""
+    from harness.io import ENV_GROUP, lab_group
+
+    values = {}
+    if getattr(args, "group", None) is not None:
+        values[ENV_GROUP] = args.group
+    if getattr(args, "trust_checkpoint", False):
+        from harness.train.checkpoint import ENV_TRUST  # torch: only for checkpoint commands
+
+        values[ENV_TRUST] = "1"
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        lab_group()  # an unknown group, or one the user is not in, is an error up front
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from harness.logs import setup_logging
 
@@ -123,7 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        code = args._run(args)
+        with _command_environment(args):
+            code = args._run(args)
         return int(code or 0)
     except HarnessError as exc:
         if args.debug:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.cli import Command
+from harness.cli import Command, add_trust_checkpoint_argument
 from harness.errors import ArtifactError, StageError
 from harness.eval.commands import add_common_options
 
@@ -48,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", metavar="DIR", help="artifact directory (default: results/stages/eval/<key>)"
     )
+    add_trust_checkpoint_argument(parser)
     add_common_options(parser, "eval.sampler.num_steps=50")
 
 

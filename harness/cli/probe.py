@@ -12,7 +12,7 @@ import argparse
 import time
 from pathlib import Path
 
-from harness.cli import Command
+from harness.cli import Command, add_trust_checkpoint_argument
 from harness.eval.commands import add_common_options
 
 
@@ -50,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="T",
         help="input noise level t in [0, 1) (default 0: clean)",
     )
+    add_trust_checkpoint_argument(parser)
     add_common_options(parser, "probe.epochs=30")
 
 

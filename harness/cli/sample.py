@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from harness.cli import Command
+from harness.cli import Command, add_trust_checkpoint_argument
 from harness.cli.train import add_device_argument
 from harness.config.sampler import SamplerConfig
 
@@ -31,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--label", type=int, metavar="K", help="class of every sample (default: i mod classes)"
     )
     add_device_argument(parser)
+    add_trust_checkpoint_argument(parser)
     parser.add_argument(
         "--vae",
         metavar="NAME",
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from harness.errors import ConfigError
-    from harness.io import write_json
+    from harness.io import atomic_write, write_json
     from harness.train.checkpoint import load_for_sampling
     from harness.train.sampling import sample_images
 
@@ -89,14 +90,14 @@ def run(args: argparse.Namespace) -> int:
         vae_name = args.vae or run_cfg.train.vae
         vae = load_vae(vae_name, device, random_weights=run_cfg.random_weights)
     images = sample_images(model, run_cfg, labels, seeds, sampler, device, vae=vae)  # (N,3,H,W)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npz":
-        np.savez(
-            out,
-            arr_0=images.permute(0, 2, 3, 1).numpy(),
-            labels=labels.numpy(),
-            seeds=seeds.numpy(),
-        )
+        with atomic_write(out) as handle:
+            np.savez(
+                handle,
+                arr_0=images.permute(0, 2, 3, 1).numpy(),
+                labels=labels.numpy(),
+                seeds=seeds.numpy(),
+            )
     else:
         _save_grid(images, out)
     write_json(
@@ -122,8 +123,11 @@ def _save_grid(images, path: Path) -> None:
     from PIL import Image
     from torchvision.utils import make_grid
 
+    from harness.io import atomic_write
+
     grid = make_grid(images, nrow=max(1, round(math.sqrt(len(images)))), padding=2)  # (3, H, W)
-    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
+    with atomic_write(path) as handle:
+        Image.fromarray(grid.permute(1, 2, 0).numpy()).save(handle, format="PNG")
 
 
 COMMAND = Command(

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness.cli import Command, add_overrides_argument
+from harness.cli import Command, add_overrides_argument, add_trust_checkpoint_argument
 
 
 def add_run_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--stop-after", type=int, metavar="STEP", help="checkpoint and stop after this step"
     )
+    add_trust_checkpoint_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:

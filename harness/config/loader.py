@@ -29,8 +29,49 @@ KeyPath = tuple[str | int, ...]
 # ---------------------------------------------------------------------------------------------
 # YAML with line numbers
 # ---------------------------------------------------------------------------------------------
+MAX_FILE_BYTES = 1 << 20  # a config file larger than 1 MiB is refused unread
+MAX_ALIASES = 1_000  # ``*name`` references per document (encoders.yaml: 98)
+MAX_NODES = 50_000  # nodes after alias and merge-key expansion (encoders.yaml: 2,162)
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads YAML 1.2 floats such as ``1e-4`` (PyYAML reads a string)."""
+    """SafeLoader that also reads YAML 1.2 floats such as ``1e-4`` (PyYAML reads a string),
+    and that counts aliases and expanded nodes so that an alias bomb fails fast."""
+
+    def __init__(self, stream: str, name: str = "<string>") -> None:
+        super().__init__(stream)
+        self.name = name
+        self.aliases = 0
+        self.nodes = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_ALIASES:
+                line = self.peek_event().start_mark.line + 1
+                raise ConfigError(
+                    f"{self.name}:{line}: more than {MAX_ALIASES:,} YAML aliases (*name); "
+                    "refusing to expand them (an alias bomb?)",
+                    hint="write the values out, or split the file",
+                )
+        return super().compose_node(parent, index)
+
+    def over_budget(self, n: int) -> bool:
+        """Count ``n`` more expanded nodes; True once there are more than :data:`MAX_NODES`."""
+        self.nodes += n
+        return self.nodes > MAX_NODES
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        super().flatten_mapping(node)  # merge keys (<<: *name) copy entries: count them
+        if self.over_budget(len(node.value)):
+            raise ConfigError(_too_many_nodes(f"{self.name}:{node.start_mark.line + 1}"))
+
+
+def _too_many_nodes(where: str) -> str:
+    return (
+        f"{where}: the YAML expands to more than {MAX_NODES:,} nodes through aliases (*name) "
+        "or merge keys (<<); refusing to expand it (an alias bomb?)"
+    )
 
 
 _Loader.add_implicit_resolver(
@@ -67,6 +108,14 @@ class YamlDoc:
 
 
 def _construct(node: yaml.Node, loader: _Loader, doc: YamlDoc, key_path: KeyPath) -> Any:
+    """Build ``node`` as plain data, recording the line of every key path; aliases are expanded
+    (each use is a fresh copy), within :data:`MAX_NODES`."""
+    if loader.over_budget(1):
+        top = key_path[:1]
+        raise ConfigError(
+            _too_many_nodes(f"{doc.where(top)}: {_dotted(top) or '<top>'}"),
+            hint="config files are small: write the values out instead of nesting aliases",
+        )
     doc.lines.setdefault(key_path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)
@@ -100,17 +149,31 @@ def load_yaml(path: str | Path) -> YamlDoc:
     if path.is_dir():
         raise ConfigError(f"{shown}: is a directory, expected a YAML file")
     try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ConfigError(_too_big(shown, size))
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{shown}: cannot read file: {exc}") from exc
     return parse_yaml(text, shown)
 
 
+def _too_big(name: str, size: int) -> str:
+    return (
+        f"{name}: {size:,} bytes; config files are limited to {MAX_FILE_BYTES:,} bytes "
+        "(is this really a config file?)"
+    )
+
+
 def parse_yaml(text: str, name: str = "<string>") -> YamlDoc:
+    """Parse YAML text (``name`` is shown in errors) into a :class:`YamlDoc`, within the size,
+    alias and node limits; every failure is a :class:`ConfigError`."""
     doc = YamlDoc(path=name, data=None)
+    if len(text) > MAX_FILE_BYTES:
+        raise ConfigError(_too_big(name, len(text.encode("utf-8"))))
     if not text.strip():
         raise ConfigError(f"{name}:1: file is empty", hint="see the config reference in README.md")
-    loader = _Loader(text)
+    loader = _Loader(text, name)
     try:
         node = loader.get_single_node()
         if node is None:
@@ -145,10 +208,23 @@ def parse_override(text: str) -> tuple[KeyPath, Any]:
             raise ConfigError(f"--set {text!r}: empty key in path {key!r}")
         parts.append(int(part) if part.isdigit() else part)
     try:
-        value = yaml.load(raw, Loader=_Loader) if raw.strip() else ""
+        value = _parse_value(raw, f"--set {text!r}") if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {text!r}: cannot parse value: {exc}") from None
     return tuple(parts), value
+
+
+def _parse_value(raw: str, name: str) -> Any:
+    """One YAML value, within the alias and node limits (``yaml.load`` shares aliased objects,
+    which JSON encoding would then expand without bound)."""
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(_too_big(name, len(raw.encode("utf-8"))))
+    loader = _Loader(raw, name)
+    try:
+        node = loader.get_single_node()
+        return None if node is None else _construct(node, loader, YamlDoc(name, None), ())
+    finally:
+        loader.dispose()
 
 
 def apply_overrides(doc: YamlDoc, overrides: Iterable[str]) -> None:

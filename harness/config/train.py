@@ -149,6 +149,8 @@ class TrainConfig(Config):
     weight_decay: float = Field(0.0, ge=0.0)  # AdamW weight decay
     grad_clip: float = Field(1.0, ge=0.0)  # max grad norm (0 = no clipping; norm still logged)
     ema_decay: float = Field(0.9999, ge=0.0, lt=1.0)  # EMA of weights, updated every step
+    ema_warmup: bool = False  # decay min(ema_decay, (1 + n) / (10 + n)) after n updates, so a
+    #   short run's EMA forgets the untrained init (timm ModelEmaV3 warmup); off = the papers
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # autocast dtype (fp16 adds a GradScaler)
     tf32: bool = True  # allow TF32 matmuls/convs on Ampere+ (fp32 paths)
     compile: bool = False  # torch.compile the SiT (and projectors)

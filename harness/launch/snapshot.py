@@ -13,12 +13,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import harness
-from harness.io import content_hash, file_hash
+from harness.io import content_hash, file_hash, make_dirs, make_temp_dir
 from harness.logs import event, get_logger
 from harness.paths import jobs_dir
 
@@ -75,11 +74,10 @@ def take_snapshot(root: Path) -> Snapshot:
     tree_hash = content_hash([(name, file_hash(tree / name)) for name in names])
     dest = jobs_dir(root).absolute() / "snapshots" / tree_hash
     if not (dest / _COMPLETE).exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{tree_hash}.", dir=dest.parent))
+        staging = make_temp_dir(dest.parent, f".{tree_hash}.")  # umask modes, unlike mkdtemp
         for name in names:
             target = staging / name
-            target.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(target.parent)
             shutil.copy2(tree / name, target)
         (staging / _COMPLETE).write_text(f"{len(names)} files\n", encoding="utf-8")
         try:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.errors import SubmitError
-from harness.io import append_jsonl
+from harness.io import append_jsonl, make_dirs, share
 from harness.launch.jobs import (
     JobPoller,
     StageStatus,
@@ -201,8 +201,9 @@ def submission_lock(root: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
         SubmitError: another submission still holds the lock after ``wait_s`` seconds.
     """
     path = root / "plans" / ".submit.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     with open(path, "a+", encoding="utf-8") as handle:
+        share(path)
         deadline = time.monotonic() + wait_s
         while True:
             try:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeVar
 
 from harness.errors import StoreError
+from harness.io import make_dirs, share
 from harness.logs import event, get_logger
 from harness.paths import database_path, results_root
 
@@ -135,9 +136,10 @@ def ingest_lock(db: Path, *, wait: float | None = None) -> Iterator[None]:
     raises :class:`StoreBusyError` naming the holder (pid, host, since when).
     """
     path = lock_path(db)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o664)
+    make_dirs(path.parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o664)  # 0o664 & ~umask
     try:
+        share(path)
         _retry(
             lambda: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB),
             is_busy=lambda exc: isinstance(exc, BlockingIOError),
@@ -172,8 +174,18 @@ def _lock_holder(path: Path) -> str:
 # connections
 # ---------------------------------------------------------------------------------------------
 def connect_readwrite(db: Path, *, wait: float | None = None) -> duckdb.DuckDBPyConnection:
-    """Open ``db`` read-write, retrying while another process holds it. Only ingest calls this."""
-    return _connect(db, read_only=False, wait=wait)
+    """Open ``db`` read-write, retrying while another process holds it. Only ingest calls this.
+
+    The file (created by ``harness.io.atomic_write`` when ingest publishes it, so its mode
+    follows the umask) is given to the lab group, if any, so that the group can read it.
+    """
+    con = _connect(db, read_only=False, wait=wait)
+    try:
+        share(db)
+    except BaseException:
+        con.close()
+        raise
+    return con
 
 
 def connect_readonly(db: Path, *, wait: float | None = None) -> duckdb.DuckDBPyConnection:

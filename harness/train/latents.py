@@ -25,7 +25,7 @@ import torch
 
 from harness.config.train import TrainConfig
 from harness.errors import ArtifactError, WeightsError
-from harness.io import content_hash, write_json
+from harness.io import content_hash, make_dirs, share, write_json
 from harness.logs import event, get_logger
 from harness.progress import progress
 from harness.train.data import model_to_pixels, pixels_to_model
@@ -200,7 +200,7 @@ class LatentCache:
         n = len(dataset)
         if self.complete:
             return 0
-        self.dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.dir)
         first = dataset.get_batch([0])["image"]  # (1, 3, H, W)
         shape = tuple(encode_moments(vae, first.to(device)).shape[1:])  # (2C, s, s)
         path = self.dir / "moments.npy"
@@ -208,6 +208,7 @@ class LatentCache:
         if start == 0 or not path.exists():
             start = 0
             array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, *shape))
+            share(path)
         else:
             array = np.load(path, mmap_mode="r+")
             if array.shape != (n, *shape):

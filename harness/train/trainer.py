@@ -67,16 +67,27 @@ def ema_update(ema_params: list[torch.Tensor], params: list[torch.Tensor], decay
     torch._foreach_lerp_(ema_params, params, 1.0 - decay)
 
 
+def ema_decay_at(updates_done: int, decay: float, warmup: bool) -> float:
+    """The EMA decay of the update after ``updates_done`` updates: ``decay``, or with warmup
+    ``min(decay, (1 + n) / (10 + n))`` (0.1 for the first update, 0.99 after ~900)."""
+    return min(decay, (1 + updates_done) / (10 + updates_done)) if warmup else decay
+
+
 def _rng_state() -> dict[str, Any]:
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
+    """Every RNG's state, as tensors and plain values (loads with ``weights_only=True``)."""
+    return ckpt.encode_rng(
+        {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+        }
+    )
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`_rng_state` saved (or a format-1 checkpoint's state tuples)."""
+    state = ckpt.decode_rng(state)
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -139,6 +150,7 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.cfg.precision == "fp16")
         self.start_step = 0
+        self.updates_done = 0
         self.checkpoints: dict[int, str] = {}
         self.log = StepLog(out_dir, env, self.cfg, run_id=self.id, aligned=bool(self.encoders))
         self._target_cache: dict[int, TargetCache] = {}
@@ -274,6 +286,7 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state(self, step: int) -> dict[str, Any]:
+        """What a checkpoint holds: tensors, numbers, strings, lists and dicts only."""
         return {
             "step": step,
             "data_position": step * self.cfg.global_batch,
@@ -283,7 +296,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": _rng_state(),
-            "run": self.run.to_dict(),
+            "run": ckpt.encode_run(self.run.to_dict()),
             "run_id": self.id,
         }
 
@@ -347,7 +360,9 @@ class Trainer:
         return sample_posterior(moments, noise.posterior, self._scaling.scale, self._scaling.bias)
 
     @torch.no_grad()
-    def targets(self, images: torch.Tensor, index: torch.Tensor | None = None) -> list[torch.Tensor]:
+    def targets(
+        self, images: torch.Tensor, index: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
         """Normalised target tokens [(M, T, D_k)] of each encoder for uint8 ``images`` (M,3,H,W)
         whose dataset indices are ``index`` (M,) (used by ``train.cache_targets``)."""
         if self.alignment is None:
@@ -394,6 +409,7 @@ class Trainer:
     def train_step(self, index: int, batches: Iterator[dict[str, torch.Tensor]]) -> torch.Tensor:
         """One optimizer update (step ``index + 1``); returns (5,) metrics on the device."""
         noise = self.step_noise(index)
+        self.updates_done = index  # updates before this one (the EMA warmup counts them)
         n_micro = self.local_batch // self.micro_batch
         totals = torch.zeros(4, device=self.device)
         for m in range(n_micro):
@@ -414,7 +430,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        ema_update(self.ema_params, self.sit_params, self.cfg.ema_decay)
+        decay = ema_decay_at(self.updates_done, self.cfg.ema_decay, self.cfg.ema_warmup)
+        ema_update(self.ema_params, self.sit_params, decay)
         return grad_norm.detach().float().to(self.device)
 
     def forward_backward(
