@@ -67,8 +67,8 @@ def shallow(spec: EncoderSpec) -> EncoderSpec:
         params.update(stages=(1, 1, 1, 1), global_att_blocks=())
     elif spec.source == "timm":
         params["depth"] = 1
-    elif spec.source in ("torch_hub", "checkpoint"):
-        params["arch_kwargs"] = {**params.get("arch_kwargs", {}), "depth": 1}
+    elif spec.source in ("torch_hub", "checkpoint") and "cnn" not in spec.tags:
+        params["arch_kwargs"] = {**params.get("arch_kwargs", {}), "depth": 1}  # CNNs: no depth
     elif spec.source == "transformers":
         params["config"] = {**params["config"], "num_hidden_layers": 1}
     elif spec.source == "open_clip":

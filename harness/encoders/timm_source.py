@@ -5,7 +5,11 @@ Entry fields: ``model_id`` (timm architecture), ``pretrained`` (tag; null = rand
 ``revision`` (pins the HF repo commit), ``params`` (extra ``timm.create_model`` kwargs, e.g.
 ``depth``; ``img_size: null`` for models that take any input size, like SAM2's Hiera).
 Position embeddings are resampled to the requested grid at build time (``img_size``); tokens
-come from ``forward_intermediates`` (block ``layer``, the final norm when ``final_norm``).
+come from ``forward_intermediates`` (block ``layer``, the final norm when ``final_norm``). For a
+CNN (e.g. EfficientNet) ``layer`` indexes the stages of ``model.feature_info`` (strides 2, 4, 8,
+16, 32: ``layer: 3`` is stride 16) and the stage's (B, C, h, w) map becomes the (B, h, w, C)
+tokens; CNN entries set ``final_norm: false`` (their intermediates have no norm) and
+``img_size: null`` (they take any input size).
 """
 
 from __future__ import annotations

