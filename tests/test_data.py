@@ -449,6 +449,10 @@ def test_variety_knobs_change_what_is_drawn_and_the_fingerprint():
         pixels = image[~mask]  # (n, 3): images are (R, R, 3)
         far = pixels[np.abs(pixels.astype(int) - pixels[0]).max(1) > 2]
         assert len(far) < 0.1 * len(pixels)  # antialiased edges only
+    big = gen.sample_scenes(0, "train", idx, 8, gen.Variety(max_objects=1, object_scale=1.6))
+    small = gen.sample_scenes(0, "train", idx, 8, gen.Variety(max_objects=1))
+    np.testing.assert_allclose(big.radii, 1.6 * small.radii)  # same draws, scaled objects
+    np.testing.assert_allclose(big.centers, small.centers / 1.6)  # kept in the frame
     gradient = gen.sample_scenes(0, "train", idx, 8, gen.Variety(backgrounds="gradient"))
     assert set(gradient.bg_style.tolist()) <= {0, 1}
     default = gen.sample_scenes(0, "train", idx, 8)  # defaults: the full dataset, unchanged

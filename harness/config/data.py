@@ -32,11 +32,18 @@ class DataConfig(Config):
     home_palette_prob: float = Field(0.5, ge=0.0, le=1.0)  # images in their class's home palette
     backgrounds: Literal["textured", "gradient", "flat"] = "textured"  # textured: gradients,
     #   noise and stripes; gradient: linear / radial gradients only; flat: one colour
+    object_scale: float = Field(1.0, ge=0.5, le=2.0)  # object radii x this (1: 0.22-0.55 of
+    #   the half-width; larger objects carry more of the denoising loss)
 
     @property
     def variety(self) -> dict[str, object]:
         """The variety fields that differ from the full dataset (part of the fingerprint)."""
-        full = {"max_objects": 3, "home_palette_prob": 0.5, "backgrounds": "textured"}
+        full = {
+            "max_objects": 3,
+            "home_palette_prob": 0.5,
+            "backgrounds": "textured",
+            "object_scale": 1.0,
+        }
         return {k: getattr(self, k) for k, v in full.items() if getattr(self, k) != v}
 
     @model_validator(mode="after")

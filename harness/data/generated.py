@@ -81,10 +81,11 @@ class Variety:
     max_objects: int = MAX_OBJECTS
     home_palette_prob: float = HOME_PALETTE_PROB
     backgrounds: str = "textured"
+    object_scale: float = 1.0
 
     @classmethod
     def of(cls, cfg: DataConfig) -> Variety:
-        return cls(cfg.max_objects, cfg.home_palette_prob, cfg.backgrounds)
+        return cls(cfg.max_objects, cfg.home_palette_prob, cfg.backgrounds, cfg.object_scale)
 
 
 FULL_VARIETY = Variety()
@@ -200,6 +201,7 @@ def sample_scenes(
     obj = u[:, _OBJ:].reshape(n, MAX_OBJECTS, _OBJ_FIELDS)
     single = (n_objects == 1)[:, None]
     radii = np.where(single, 0.32 + 0.23 * obj[..., 2], 0.22 + 0.18 * obj[..., 2])
+    radii = radii * variety.object_scale
 
     bg_h1 = u[:, _BG_H1]
     bg_h2 = (bg_h1 + (u[:, _BG_H2] - 0.5) * 0.3) % 1.0
@@ -211,7 +213,7 @@ def sample_scenes(
         texture=texture,
         texture_scale=scale,
         n_objects=n_objects,
-        centers=(obj[..., 0:2] - 0.5) * 1.3,
+        centers=(obj[..., 0:2] - 0.5) * (1.3 / max(1.0, variety.object_scale)),  # in frame
         radii=radii,
         angles=obj[..., 3] * 2 * np.pi,
         texture_phase=obj[..., 4],

@@ -10,8 +10,8 @@
     enc.embed_dim, enc.grid, enc.num_params, enc.weights_id
 
 One small module per source (``timm``, ``open_clip``, ``transformers``, ``torch_hub``,
-``checkpoint``, ``builtin``), each registered in :data:`SOURCES` with ``build(spec, request)``
-and ``fetch(spec)``.
+``checkpoint``, ``builtin``, ``inhouse``), each registered in :data:`SOURCES` with
+``build(spec, request)`` and ``fetch(spec)``.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ for _name, _module in [
     ("torch_hub", "torch_hub_source"),
     ("checkpoint", "checkpoint_source"),
     ("builtin", "builtin"),
+    ("inhouse", "inhouse"),
 ]:
     _mod = importlib.import_module(f"harness.encoders.{_module}")
     SOURCES.register(_name, Source(build=_mod.build, fetch=_mod.fetch))
