@@ -7,6 +7,7 @@ loads them, so the report reads the store's own views."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -27,7 +28,13 @@ from harness.report import stats
 from harness.report.analysis import analyse
 from harness.report.build import build_report
 from harness.report.data import load_study, open_database
-from harness.report.figures import FIGURES, FigureOutput, ReportContext, figure_style
+from harness.report.figures import (
+    FIGURES,
+    FigureOutput,
+    ReportContext,
+    figure_style,
+    freeze_layout,
+)
 from harness.report.labels import place_labels
 from harness.report.options import ReportOptions
 from harness.report.published import reproduction_pairs
@@ -99,7 +106,24 @@ def _context(root: Path, **options: object) -> ReportContext:
     opts = ReportOptions(**{**FAST, **options})
     with open_database(root) as con:
         study = load_study(con, opts)
-    return ReportContext(study, analyse(study.points, opts), opts, reproduction_pairs(study))
+    return ReportContext(
+        study, analyse(study.points, opts), opts, reproduction_pairs(study), root=root
+    )
+
+
+def _write_samples(root: Path, n: int = 8, classes: int = 4, size: int = 8) -> int:
+    """A sample shard in every eval artifact, as the eval stage writes it (label i % classes)."""
+    labels = np.arange(n) % classes
+    images = np.zeros((n, 3, size, size), dtype=np.uint8) + (40 * labels)[
+        :, None, None, None
+    ].astype(np.uint8)
+    written = 0
+    for result in (root / "stages" / "eval").glob("*/result.json"):
+        out = result.parent / "samples"
+        out.mkdir(exist_ok=True)
+        np.savez(out / f"000000-{n - 1:06d}.npz", images=images, labels=labels, seeds=np.arange(n))
+        written += 1
+    return written
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +138,7 @@ def study_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         eval_steps=(50_000, 400_000),
         published_names=_names(list(B2_REPA_400K)[:12]),
     )
+    assert _write_samples(root) > 0
     _report(root)
     return root
 
@@ -181,6 +206,10 @@ def _plotted(name: str, ax: object) -> object:
         return _pairs(np.concatenate([np.column_stack(line.get_data()) for line in ax.get_lines()]))  # type: ignore[attr-defined]
     if name == "correlation_heatmap":
         return sorted(t.get_text() for t in ax.texts)  # type: ignore[attr-defined]
+    if name == "sample_grids":  # the mosaic's tiles: (rows, classes) of 8-px samples + 1-px gaps
+        (image,) = ax.images  # type: ignore[attr-defined]
+        h, w = image.get_array().shape[:2]
+        return ((h + 1) // 9) * ((w + 1) // 9)
     raise AssertionError(f"no extractor for figure {name}")
 
 
@@ -193,6 +222,9 @@ def _expected(name: str, rows: pd.DataFrame) -> object:
         return sorted(round(float(x), 6) for x in [*rows.fid_repa, *rows.fid_irepa])
     if name in ("convergence", "training_curves"):
         return _pairs(rows[["step", "value"]].to_numpy())
+    if name == "sample_grids":
+        (n,) = rows.n_images
+        return int(n)
     return sorted(f"{r:.2f}" for r in rows.r.dropna())
 
 
@@ -205,12 +237,74 @@ def test_html_report_is_self_contained(study_root: Path) -> None:
     embedded = [r for r in refs if r.startswith("data:image/png;base64,")]
     files = [r for r in refs if not r.startswith("data:")]
     figures = {p.stem for p in (out / "figures").glob("*.png")}
-    assert len(embedded) == len(figures) == 6
+    assert len(embedded) == len(figures) == 7
     for ref in files:
         assert not ref.startswith("/") and (out / ref).is_file(), ref
     md = (out / "report.md").read_text(encoding="utf-8")
     for ref in re.findall(r"\]\(([^)]+)\)", md):
         assert (out / ref).is_file(), ref
+
+
+def test_first_sections_lead_with_the_answer_then_samples_then_the_floor(study_root: Path) -> None:
+    md = (study_root / "report" / "report.md").read_text(encoding="utf-8")
+    titles = [s.split("\n")[0] for s in md.split("\n## ")[1:]]
+    assert titles[:4] == [
+        "What this study found",
+        "Generated samples",
+        "Seed-to-seed noise floor",
+        "Differences against the noise floor",
+    ]
+    summary = json.loads((study_root / "report" / "summary.json").read_text())
+    # one seed per run: no floor, so no win may be claimed although every encoder looks better
+    assert any("differences cannot be judged" in f for f in summary["findings"])
+    assert not any("beat the baseline" in f for f in summary["findings"])
+    lds = [f for f in summary["findings"] if "tracks FD" in f or "tracks FID" in f]
+    assert len(lds) == 4 and all("most closely is LDS" in f for f in lds)
+    grids = pd.read_csv(study_root / "report" / "tables" / "sample_grids.csv")
+    assert set(grids.status) == {"shown"} and grids.model.nunique() == 2
+    assert grids.subject.str.contains("best").any() and grids.subject.str.contains("worst").any()
+
+
+def test_training_curves_plot_the_flow_loss_not_the_total(study_root: Path) -> None:
+    table = pd.read_csv(study_root / "report" / "tables" / "training_curves.csv")
+    assert set(table.quantity) == {"flow_loss", "align_cos"}
+    con = duckdb.connect(str(study_root / "harness.duckdb"), read_only=True)
+    logged = (
+        con.sql(
+            "SELECT step, avg(flow_loss) AS flow, avg(loss) AS total FROM train_log GROUP BY step"
+        )
+        .df()
+        .set_index("step")
+    )
+    con.close()
+    flow = table[table.quantity == "flow_loss"]
+    np.testing.assert_allclose(flow.value, logged.flow.loc[flow.step].to_numpy(), atol=1e-6)
+    assert (np.abs(flow.value.to_numpy() - logged.total.loc[flow.step].to_numpy()) > 1e-3).all()
+
+
+@pytest.mark.parametrize("name", ["fid_vs_metrics", "convergence", "training_curves"])
+def test_axis_titles_and_labels_are_inside_the_figure_and_apart(
+    study_root: Path, name: str
+) -> None:
+    ctx = _context(study_root)
+    with figure_style():
+        out = FIGURES.get(name)(ctx)
+        assert isinstance(out, FigureOutput)
+        fig = out.figure
+        freeze_layout(fig)
+        renderer = FigureCanvasAgg(fig).get_renderer()
+        frame = fig.bbox
+        boxes = []
+        for i, ax in enumerate(a for a in fig.axes if a.get_visible()):
+            for text in (ax.title, ax.xaxis.label, ax.yaxis.label):
+                if text.get_text():
+                    box = text.get_window_extent(renderer)
+                    assert frame.x0 - 1 <= box.x0 and box.x1 <= frame.x1 + 1, text.get_text()
+                    assert frame.y0 - 1 <= box.y0 and box.y1 <= frame.y1 + 1, text.get_text()
+                    boxes.append((i, text.get_text(), box))
+        for k, (i, a_text, a) in enumerate(boxes):
+            for j, b_text, b in boxes[k + 1 :]:
+                assert i == j or not a.overlaps(b), (a_text, b_text)
 
 
 # ----------------------------------------------------------------------------- protocol guard

@@ -29,7 +29,7 @@ def test_presets_cover_sizes_and_patches() -> None:
     assert (SIT_ARCHS["SiT-XL/2"].depth, SIT_ARCHS["SiT-XL/2"].hidden) == (28, 1152)
     assert SIT_ARCHS["SiT-B/2"].align_depth == 4 and SIT_ARCHS["SiT-XL/2"].align_depth == 8
     with pytest.raises(RegistryError, match="did you mean 'SiT-XL/2'"):
-        sit_arch("SiT-X/2")
+        sit_arch("SiT-XL2")
 
 
 def _tiny(**kwargs) -> SiT:

@@ -6,7 +6,12 @@ Modules (import what you need; nothing heavy is imported here):
   seeded bootstrap CIs, partial correlation, leave-one-out influence, regression band);
 * :mod:`~harness.report.data` — read the database read-only into tidy frames, with the
   protocol guard (FIDs pool only within one evaluation protocol);
-* :mod:`~harness.report.analysis` — the statistics tables over every facet and pooled scope;
+* :mod:`~harness.report.analysis` — the statistics tables over every facet and pooled scope
+  (one point per encoder: the mean over its seeds);
+* :mod:`~harness.report.noise` — the seed-to-seed noise floor (pooled within-group σ) and which
+  differences exceed it; :mod:`~harness.report.findings` — the first section, "What this study
+  found", computed from the data; :mod:`~harness.report.samples` — sample grids read from the
+  eval artifacts (``samples/*.npz``);
 * :mod:`~harness.report.figures` — the figure registry (``FIGURES``); each figure returns the
   exact data it plots; :mod:`~harness.report.labels` places point labels without overlap;
 * :mod:`~harness.report.published` — the reproduction gap and the encoder-only study against

@@ -40,7 +40,9 @@ def build_report(root: Path, options: ReportOptions, out_dir: Path | None = None
             study = load_study(con, options)
     analysis = analyse(study.points, options)
     reproduction = pd.DataFrame() if options.against_published else reproduction_pairs(study)
-    ctx = ReportContext(study=study, analysis=analysis, options=options, reproduction=reproduction)
+    ctx = ReportContext(
+        study=study, analysis=analysis, options=options, reproduction=reproduction, root=root
+    )
     outputs: list[FigureOutput | Skipped] = []
     with figure_style():
         for _, draw in progress(FIGURES.items(), desc="figures", unit="fig"):

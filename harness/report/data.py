@@ -19,7 +19,7 @@ import pandas as pd
 
 from harness.errors import HarnessError, StoreError, did_you_mean, format_allowed
 from harness.paths import database_path
-from harness.report.schema import READ_CONTRACT, columns
+from harness.report.schema import OPTIONAL_COLUMNS, READ_CONTRACT, columns, optional_columns
 
 if TYPE_CHECKING:
     import duckdb
@@ -52,6 +52,29 @@ PROTOCOL_FIELDS = (
 )
 FACET_COLUMNS = ["facet", "sweep", "model", "method", "protocol", "step", "fid_label"]
 BASELINE = "none"  # the method name of runs trained without alignment
+# generation metrics of an evaluation: name -> (label, lower is better); "fid" is the primary
+# one (FD on a substitute extractor, FID on Inception; see each protocol's fid_label)
+GEN_METRICS: dict[str, tuple[str, bool]] = {
+    "fid": ("FID", True),
+    "precision": ("precision", False),
+    "recall": ("recall", False),
+    "class_accuracy": ("class accuracy", False),
+}
+EVAL_COLUMNS = [  # the per-run evaluation rows kept in Study.evals
+    "sweep",
+    "model",
+    "method",
+    "encoder",
+    "seed",
+    "run_id",
+    "step",
+    "protocol",
+    "fid_label",
+    *GEN_METRICS,
+    "class_accuracy_real",
+    "num_classes",
+    "eval_path",
+]
 STEP_COVERAGE = 0.8  # default step: the latest one with >= 80% of the best-covered step's runs
 WHAT_TO_RUN = (
     "run `harness sweep encoders.yaml` (see `harness sweep --help`), then `harness ingest`"
@@ -74,6 +97,9 @@ class Study:
         warnings: human-readable statements the report must show.
         coverage: counts and names describing what the report covers.
         published: the ``published`` table (may be empty).
+        evals: one row per run and evaluation at every step (``EVAL_COLUMNS``: the generation
+            metrics of every seed, the class count and the eval artifact directory relative to
+            the results root); empty against the papers.
     """
 
     points: pd.DataFrame
@@ -85,6 +111,7 @@ class Study:
     warnings: list[str] = field(default_factory=list)
     coverage: dict[str, Any] = field(default_factory=dict)
     published: pd.DataFrame = field(default_factory=pd.DataFrame)
+    evals: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=EVAL_COLUMNS))
 
 
 # ----------------------------------------------------------------------------- database access
@@ -131,6 +158,8 @@ def read_table(
 ) -> pd.DataFrame:
     """``SELECT <contract columns> FROM name [WHERE ...]`` as a DataFrame.
 
+    Columns of ``OPTIONAL_COLUMNS`` are read when the database has them and NaN otherwise.
+
     Raises:
         StoreError: the table/view or one of the contract's columns is missing.
     """
@@ -151,15 +180,19 @@ def read_table(
             f"table {name!r} lacks column(s) {', '.join(missing)}",
             hint="the database schema differs from the report's: run `harness ingest --rebuild`",
         )
-    select = ", ".join(f'"{c}"' for c in columns(name))
+    optional = [c for c in optional_columns(name) if c in present]
+    select = ", ".join(f'"{c}"' for c in [*columns(name), *optional])
     sql = f'SELECT {select} FROM "{name}"' + (f" WHERE {where}" if where else "")
     frame = con.execute(sql, params or []).df()
+    for column in optional_columns(name):
+        if column not in frame:
+            frame[column] = np.nan
     return _typed(name, frame)
 
 
 def _typed(name: str, frame: pd.DataFrame) -> pd.DataFrame:
     """Give numeric contract columns float dtypes (NULL -> NaN) whatever DuckDB returned."""
-    for column, kind in READ_CONTRACT[name]:
+    for column, kind in (*READ_CONTRACT[name], *OPTIONAL_COLUMNS.get(name, ())):
         if kind in ("DOUBLE", "BIGINT"):
             frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
         elif kind == "BOOLEAN":
@@ -211,7 +244,7 @@ def load_study(con: duckdb.DuckDBPyConnection, options: ReportOptions) -> Study:
     }
     chosen["facet"] = [facet_label(r, multi) for r in chosen.itertuples()]
     trained = chosen[chosen.method != BASELINE]
-    points = _points(trained)
+    points = _points(trained)  # one point per encoder: the mean over its seeds
     exclusions.append(missing_metric_exclusions(points))
     study = Study(
         points=points,
@@ -224,6 +257,7 @@ def load_study(con: duckdb.DuckDBPyConnection, options: ReportOptions) -> Study:
         ),
         warnings=warnings,
         published=read_table(con, "published"),
+        evals=_eval_rows(con, evals),
     )
     study.coverage.update(_coverage(rows, chosen, protocols))
     return study
@@ -357,14 +391,25 @@ def facet_label(row: Any, multi: dict[str, bool]) -> str:
     return " · ".join(parts)
 
 
+_SEED_MEANS = {  # per (facet, encoder): generation metrics averaged over seeds
+    "fid": ("fid", "mean"),
+    "fid_sd": ("fid", "std"),
+    "n_seeds": ("run_id", "nunique"),
+    "precision": ("precision", "mean"),
+    "recall": ("recall", "mean"),
+    "class_accuracy": ("class_accuracy", "mean"),
+    "class_accuracy_real": ("class_accuracy_real", "mean"),
+}
+
+
 def _points(trained: pd.DataFrame) -> pd.DataFrame:
+    """One row per facet and encoder; several seeds of an encoder are averaged (never several
+    points), so correlations across encoders count each encoder once."""
     keys = [*FACET_COLUMNS, "encoder"]
     grouped = trained.groupby(keys, sort=True, dropna=False)
     points = grouped.agg(
         published_name=("published_name", "first"),
-        fid=("fid", "mean"),
-        fid_sd=("fid", "std"),
-        n_seeds=("run_id", "nunique"),
+        **_SEED_MEANS,
         **{m: (m, "mean") for m in X_METRICS},
     )
     points["run_ids"] = grouped.run_id.agg(lambda ids: " ".join(sorted(set(ids))))
@@ -374,9 +419,33 @@ def _points(trained: pd.DataFrame) -> pd.DataFrame:
 def _baselines(none_rows: pd.DataFrame) -> pd.DataFrame:
     keys = ["sweep", "model", "protocol", "step", "fid_label"]
     if none_rows.empty:
-        return pd.DataFrame(columns=[*keys, "fid", "n_seeds"])
+        return pd.DataFrame(columns=[*keys, *_SEED_MEANS])
     grouped = none_rows.groupby(keys)
-    return grouped.agg(fid=("fid", "mean"), n_seeds=("run_id", "nunique")).reset_index()
+    return grouped.agg(**_SEED_MEANS).reset_index()
+
+
+def _eval_rows(con: duckdb.DuckDBPyConnection, evals: pd.DataFrame) -> pd.DataFrame:
+    """``evals`` (every step) with the class count and each evaluation's artifact directory."""
+    for name in ("evaluations", "stages"):
+        read_table(con, name, where="false")  # checks the contract; reads nothing
+    where = con.execute(
+        """SELECT e.run_id, e.step, e.protocol_key,
+                  coalesce(s.path, 'stages/eval/' || e.stage_key) AS eval_path
+           FROM evaluations e LEFT JOIN stages s ON s.key = e.stage_key"""
+    ).df()
+    classes = con.execute(
+        "SELECT run_id, TRY_CAST(json_extract_string(config, '$.run.data.num_classes') AS BIGINT)"
+        " AS num_classes FROM runs"
+    ).df()
+    rows = evals.assign(encoder=evals.encoder.fillna(BASELINE))
+    if len(where):
+        where["step"] = pd.to_numeric(where.step).astype("float64")
+        rows = rows.merge(where, on=["run_id", "step", "protocol_key"], how="left")
+    else:
+        rows = rows.assign(eval_path=None)
+    rows = rows.merge(classes, on="run_id", how="left")
+    rows["num_classes"] = pd.to_numeric(rows.num_classes, errors="coerce").astype("float64")
+    return rows[EVAL_COLUMNS].reset_index(drop=True)
 
 
 def _curves(evals: pd.DataFrame) -> pd.DataFrame:
@@ -390,14 +459,14 @@ def _train_curves(con: duckdb.DuckDBPyConnection, sweep: str | None) -> pd.DataF
         read_table(con, name, where="false")  # checks the contract; reads nothing
     sql = """
         SELECT r.sweep, r.model, r.method, coalesce(r.encoder, ?) AS encoder, t.step,
-               avg(t.loss) AS loss, avg(t.align_cos) AS align_cos,
-               count(DISTINCT t.run_id) AS n_runs
+               avg(t.loss) AS loss, avg(t.flow_loss) AS flow_loss, avg(t.proj_loss) AS proj_loss,
+               avg(t.align_cos) AS align_cos, count(DISTINCT t.run_id) AS n_runs
         FROM train_log t JOIN runs r USING (run_id)
         WHERE (? IS NULL OR r.sweep = ?)
         GROUP BY ALL ORDER BY ALL
     """
     frame = con.execute(sql, [BASELINE, sweep, sweep]).df()
-    for column in ("step", "loss", "align_cos", "n_runs"):
+    for column in ("step", "loss", "flow_loss", "proj_loss", "align_cos", "n_runs"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
     return frame
 

@@ -12,6 +12,7 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,7 @@ from harness.report import stats
 from harness.report.analysis import Analysis
 from harness.report.data import BASELINE, METHOD_LABELS, METRIC_LABELS, X_METRICS, Study
 from harness.report.labels import place_labels
+from harness.report.noise import NO, UNJUDGED, YES, Noise, measure, short_fid
 from harness.report.options import ReportOptions
 
 PANEL_W, PANEL_H = 3.2, 2.9  # inches per scatter panel
@@ -35,6 +37,12 @@ class ReportContext:
     analysis: Analysis
     options: ReportOptions
     reproduction: pd.DataFrame  # our FID vs published FID, matched settings (may be empty)
+    root: Path | None = None  # the results root (sample files); None: samples not looked for
+    noise: Noise | None = None  # seed-to-seed noise floor (computed from study.evals if None)
+
+    def __post_init__(self) -> None:
+        if self.noise is None:
+            object.__setattr__(self, "noise", measure(self.study.evals, self.options.level))
 
 
 @dataclass
@@ -111,6 +119,16 @@ def baseline_fid(
     return float(match.fid.iloc[0]) if len(match) else None
 
 
+def _room_above(ax: object, fid: float | None) -> None:
+    """Raise the top of the y range so the baseline's label sits inside the axes."""
+    if fid is None:
+        return
+    low, high = ax.get_ylim()  # type: ignore[attr-defined]
+    span = max(high, fid) - low
+    if fid > high - 0.1 * span:
+        ax.set_ylim(low, fid + 0.12 * span)  # type: ignore[attr-defined]
+
+
 def _draw_baseline_h(ax: object, fid: float | None) -> None:
     if fid is None:
         return
@@ -125,6 +143,17 @@ def _draw_baseline_h(ax: object, fid: float | None) -> None:
         fontsize=6,
         color="0.3",
     )
+
+
+def _fid_legend(labels: pd.Series) -> str:
+    """What a short ``FD`` axis label stands for (a line for the title; "" for plain FIDs)."""
+    full = sorted({str(f) for f in labels if short_fid(str(f)) != str(f)})
+    return "; ".join(f"{f}: not comparable with Inception FIDs" for f in full)
+
+
+def _with_legend(title: str, labels: pd.Series) -> str:
+    legend = _fid_legend(labels)
+    return title + (f"\n{legend}" if legend else "")
 
 
 def x_label(metric: str, values: pd.Series) -> str:
@@ -178,16 +207,22 @@ def fid_vs_metrics(ctx: ReportContext) -> FigureOutput | Skipped:
                     (ax, data[metric].to_numpy(float), data.fid.to_numpy(float), list(data.encoder))
                 )
             _draw_baseline_h(ax, base)
+            if c == len(metrics) - 1:  # shared y: make room above the baseline's label
+                _room_above(ax, base)
             note = ctx.analysis.annotation(facet, metric)
             small = len(data) < ctx.options.min_n
             head, _, n_part = note.rpartition(", n = ")
-            title = head.replace(", Spearman", "\nSpearman") + f", n = {n_part}"
+            # short symbols so that two lines fit a panel's width (the caption says which is which)
+            head = head.replace("Pearson r", "r").replace("Spearman ρ", "ρ")
+            title = head.replace(", ρ", "\nρ") + f", n = {n_part}"
             ax.set_title(
-                title + (f"  (n < {ctx.options.min_n}: indicative only)" if small else ""),
+                title + (f"\n(n < {ctx.options.min_n}: indicative only)" if small else ""),
                 color="#b03a2e" if small else "0.1",
             )
             ax.set_xlabel(x_label(metric, group[metric]))
-            ax.set_ylabel(f"{facet}\n{first.fid_label} (lower is better)" if c == 0 else "")
+            ax.set_ylabel(
+                f"{facet}\n{short_fid(first.fid_label)} (lower is better)" if c == 0 else ""
+            )
             rows.extend(
                 {
                     "panel": panel,
@@ -202,7 +237,11 @@ def fid_vs_metrics(ctx: ReportContext) -> FigureOutput | Skipped:
                 for e, x, y, n in zip(data.encoder, data[metric], data.fid, data.n_seeds)
             )
     fig.suptitle(
-        "Generation quality vs encoder metrics (one point per encoder; line: least squares, band: 95% CI)",
+        _with_legend(
+            "Generation quality vs encoder metrics (one point per encoder, mean over seeds; "
+            f"line: least squares, band: {ctx.options.level:.0%} CI)",
+            points.fid_label,
+        ),
         fontsize=9,
     )
     freeze_layout(fig)
@@ -244,6 +283,12 @@ def repa_vs_irepa(ctx: ReportContext) -> FigureOutput | Skipped:
             "no encoder has both a REPA and an iREPA FID at the same step and protocol",
         )
     wide["rel_change_pct"] = 100.0 * (wide.irepa - wide.repa) / wide.repa
+    assert ctx.noise is not None
+    comp = ctx.noise.comparisons
+    floor = comp[(comp.kind == "iREPA vs REPA") & (comp.metric == "fid")]
+    on = ["sweep", "model", "protocol", "step", "encoder"]
+    wide = wide.merge(floor[[*on, "exceeds_floor"]], on=on, how="left")
+    wide["exceeds_floor"] = wide.exceeds_floor.fillna(UNJUDGED)
     groups = list(wide.groupby(keys, sort=True))
     heights = [max(2.0, 0.28 * len(g) + 1.0) for _, g in groups]
     fig = Figure(figsize=(7.0, sum(heights)), dpi=ctx.options.dpi, layout="constrained")
@@ -259,8 +304,18 @@ def repa_vs_irepa(ctx: ReportContext) -> FigureOutput | Skipped:
         ax.hlines(y, g.repa, g.irepa, color="0.6", lw=1.5, zorder=1)
         ax.scatter(g.repa, y, color="#1f77b4", s=28, zorder=2, label="REPA")
         ax.scatter(g.irepa, y, color="#d62728", marker="D", s=24, zorder=3, label="iREPA")
-        for yi, (a, b, rel) in enumerate(zip(g.repa, g.irepa, g.rel_change_pct)):
-            ax.text(max(a, b), yi, f"  {rel:+.1f}%", va="center", fontsize=6.5, color="0.2")
+        for yi, (a, b, rel, ok) in enumerate(
+            zip(g.repa, g.irepa, g.rel_change_pct, g.exceeds_floor)
+        ):
+            mark = {YES: "", NO: " ≈ noise"}.get(ok, " ?")
+            ax.text(
+                max(a, b),
+                yi,
+                f"  {rel:+.1f}%{mark}",
+                va="center",
+                fontsize=6.5,
+                color="0.2" if ok == YES else "0.55",
+            )
         ax.set_yticks(y, g.encoder, fontsize=7)
         _draw_baseline_v(ax, baseline_fid(ctx.study.baselines, sweep, model, protocol, step))
         ax.set_xlabel(f"{fid_label} (lower is better)")
@@ -280,15 +335,19 @@ def repa_vs_irepa(ctx: ReportContext) -> FigureOutput | Skipped:
                 "fid_repa": a,
                 "fid_irepa": b,
                 "rel_change_pct": rel,
+                "exceeds_floor": ok,
                 "fid_label": fid_label,
             }
-            for e, a, b, rel in zip(g.encoder, g.repa, g.irepa, g.rel_change_pct)
+            for e, a, b, rel, ok in zip(
+                g.encoder, g.repa, g.irepa, g.rel_change_pct, g.exceeds_floor
+            )
         )
     return FigureOutput(
         "repa_vs_irepa",
         "REPA vs iREPA per encoder",
         "Each row is an encoder: circle REPA, diamond iREPA, with the relative FID change "
-        "(negative = iREPA better). Dashed line: the run without alignment.",
+        "(negative = iREPA better; '≈ noise': within the seed-to-seed noise floor, '?': no floor "
+        "measured, so not judged). Dashed line: the run without alignment.",
         fig,
         pd.DataFrame(rows),
     )
@@ -339,13 +398,19 @@ def _line_panels(
     """Lines per encoder, one panel per key combination and quantity (wrapped, 3 per row)."""
     from matplotlib.ticker import FuncFormatter
 
-    panels = [(key, g, q) for q in quantities for key, g in frame.groupby(panel_keys, sort=True)]
-    ncols = min(3, len(panels))
-    fig, axes = new_figure(math.ceil(len(panels) / ncols), ncols, ctx.options, w=3.8, h=2.8)
+    groups = sorted(frame.groupby(panel_keys, sort=True), key=lambda kg: _panel_order(kg[0]))
+    ncols = min(4, len(groups))
+    block = math.ceil(len(groups) / ncols)  # rows per quantity: each quantity starts a row
+    fig, axes = new_figure(block * len(quantities), ncols, ctx.options, w=3.3, h=2.6)
     colors = _palette(list(frame.encoder))
     steps_k = FuncFormatter(lambda v, _pos: f"{v / 1000:g}K" if abs(v) >= 1000 else f"{v:g}")
     rows, legend = [], {}
-    for ax, (key, g, (column, label)) in zip(axes.flat, panels):
+    cells = []
+    for q, quantity in enumerate(quantities):
+        for i, (key, g) in enumerate(groups):
+            cells.append((axes[q * block + i // ncols][i % ncols], key, g, quantity))
+    used = {id(ax) for ax, *_ in cells}
+    for ax, key, g, (column, label) in cells:
         key = key if isinstance(key, tuple) else (key,)
         title = " · ".join(METHOD_LABELS.get(str(k), str(k)) for k in key)
         panel = f"{title}|{column}"
@@ -371,8 +436,9 @@ def _line_panels(
         ax.set_xlabel("training step")
         ax.set_ylabel(label)
         ax.xaxis.set_major_formatter(steps_k)
-    for ax in axes.flat[len(panels) :]:
-        ax.set_visible(False)
+    for ax in axes.flat:
+        if id(ax) not in used:
+            ax.set_visible(False)
     fig.legend(
         list(legend.values()),
         list(legend.keys()),
@@ -383,6 +449,13 @@ def _line_panels(
     return fig, pd.DataFrame(rows, columns=["panel", "quantity", "encoder", "step", "value"])
 
 
+def _panel_order(key: object) -> tuple:
+    """Panels in study order: model as sorted, then no alignment, REPA, iREPA, other methods."""
+    order = {m: i for i, m in enumerate(METHOD_LABELS)}
+    key = key if isinstance(key, tuple) else (key,)
+    return tuple((order.get(str(k), len(order)), str(k)) for k in key)
+
+
 @FIGURES.register("convergence")
 def convergence(ctx: ReportContext) -> FigureOutput | Skipped:
     """FID vs training step per encoder, one panel per model size, method and protocol."""
@@ -391,11 +464,12 @@ def convergence(ctx: ReportContext) -> FigureOutput | Skipped:
         return Skipped("convergence", "needs FIDs at two or more training steps")
     merged = _baseline_in_every_method(curves)
     keys = ["model", "method", "protocol"] + (["sweep"] if curves.sweep.nunique() > 1 else [])
-    fid_labels = sorted(set(curves.fid_label))
-    fig, table = _line_panels(
-        merged, keys, [("fid", " / ".join(fid_labels) + " (lower is better)")], ctx
+    short = " / ".join(sorted({short_fid(f) for f in curves.fid_label}))
+    fig, table = _line_panels(merged, keys, [("fid", f"{short} (lower is better)")], ctx)
+    fig.suptitle(
+        _with_legend(f"Convergence: {short} vs training step (mean over seeds)", curves.fid_label),
+        fontsize=9,
     )
-    fig.suptitle("Convergence: FID vs training step (mean over seeds)", fontsize=9)
     return FigureOutput(
         "convergence",
         "FID vs training step",
@@ -412,13 +486,22 @@ def training_curves(ctx: ReportContext) -> FigureOutput | Skipped:
     if curves.empty:
         return Skipped("training_curves", "no training logs in the database")
     keys = ["model", "method"] + (["sweep"] if curves.sweep.nunique() > 1 else [])
-    quantities = [("loss", "training loss"), ("align_cos", "alignment cosine (higher = closer)")]
+    if curves.flow_loss.notna().any():
+        loss = ("flow_loss", "denoising (flow) loss")
+        what = "the denoising (flow-matching) loss alone, without the λ·alignment term"
+    else:  # logs written before flow_loss was logged
+        loss = ("loss", "total loss (flow loss not logged)")
+        what = "the total loss (these logs have no separate flow loss)"
+    quantities = [loss]
+    if curves.align_cos.notna().any():
+        quantities.append(("align_cos", "alignment cosine ↑"))
     fig, table = _line_panels(_baseline_in_every_method(curves), keys, quantities, ctx)
     fig.suptitle("Training curves (mean over seeds)", fontsize=9)
     return FigureOutput(
         "training_curves",
-        "Training loss and alignment curves",
-        "Total loss and cosine between projected SiT tokens and encoder tokens.",
+        "Denoising loss and alignment curves",
+        f"Top: {what}, comparable across methods; bottom: cosine between projected SiT tokens "
+        "and encoder tokens (aligned runs only).",
         fig,
         table,
     )
@@ -537,4 +620,194 @@ def reproduction_gap(ctx: ReportContext) -> FigureOutput | Skipped:
         "sample count, reference batch and extractor may still differ (see the table).",
         fig,
         table,
+    )
+
+
+# ----------------------------------------------------------------------------- (6) samples
+
+
+def sample_subjects(ctx: ReportContext) -> pd.DataFrame:
+    """The runs whose samples are shown: per (sweep, model, protocol) the baseline and, per
+    method, the best and the worst encoder by FID at the reported step (seed means); each
+    with its lowest seed. Columns: sweep, model, protocol, fid_label, subject, method, encoder,
+    seed, run_id."""
+    evals, points = ctx.study.evals, ctx.study.points
+    cols = [
+        "sweep",
+        "model",
+        "protocol",
+        "fid_label",
+        "subject",
+        "method",
+        "encoder",
+        "seed",
+        "run_id",
+    ]
+    if evals.empty:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    cells = evals[["sweep", "model", "protocol", "fid_label"]].drop_duplicates()
+    for cell in cells.sort_values(["sweep", "model", "protocol"]).itertuples(index=False):
+        mine = evals[
+            (evals.sweep == cell.sweep)
+            & (evals.model == cell.model)
+            & (evals.protocol == cell.protocol)
+        ]
+        picks = [("no alignment", BASELINE, BASELINE)]
+        pts = points[
+            (points.sweep == cell.sweep)
+            & (points.model == cell.model)
+            & (points.protocol == cell.protocol)
+        ]
+        for method in sorted(
+            pts.method.unique(),
+            key=lambda m: (
+                list(METHOD_LABELS).index(m) if m in METHOD_LABELS else len(METHOD_LABELS)
+            ),
+        ):
+            ranked = (
+                pts[pts.method == method].dropna(subset=["fid"]).sort_values(["fid", "encoder"])
+            )
+            if ranked.empty:
+                continue
+            name = METHOD_LABELS.get(method, method)
+            picks.append((f"{name} best: {ranked.encoder.iloc[0]}", method, ranked.encoder.iloc[0]))
+            if len(ranked) > 1:
+                worst = ranked.encoder.iloc[-1]
+                picks.append((f"{name} worst: {worst}", method, worst))
+        for subject, method, encoder in picks:
+            runs = mine[(mine.method == method) & (mine.encoder == encoder)]
+            if runs.empty:
+                continue
+            first = runs.sort_values(["seed", "run_id"]).iloc[0]
+            rows.append(
+                {
+                    **cell._asdict(),
+                    "subject": subject,
+                    "method": method,
+                    "encoder": encoder,
+                    "seed": first.seed,
+                    "run_id": first.run_id,
+                }
+            )
+    return pd.DataFrame(rows, columns=cols)
+
+
+@FIGURES.register("sample_grids")
+def sample_grids(ctx: ReportContext) -> FigureOutput | Skipped:
+    """Generated samples of the baseline and the best and worst encoders at every eval step."""
+    from harness.report.samples import MAX_CLASSES, PER_CLASS, load_grid, samples_dir
+
+    subjects = sample_subjects(ctx)
+    if subjects.empty:
+        return Skipped("sample_grids", "no evaluated training runs: no samples to show")
+    if ctx.root is None:
+        return Skipped("sample_grids", "samples not found: the results root is not known")
+    evals = ctx.study.evals
+    cells = []
+    for s in subjects.itertuples(index=False):
+        runs = evals[(evals.run_id == s.run_id) & (evals.protocol == s.protocol)]
+        for e in runs.sort_values("step").itertuples(index=False):
+            path = samples_dir(ctx.root, e.eval_path)
+            cells.append((s, int(e.step), float(e.fid), path, load_grid(path)))
+    found = [c for c in cells if c[4].image is not None]
+    if not found:
+        where = ", ".join(sorted({str(c[3]) for c in cells})[:3])
+        return Skipped(
+            "sample_grids",
+            f"samples not found: none of the {len(cells)} evaluations shown (baseline, best and "
+            f"worst encoder per method) has sample files (looked in {where}, ...)",
+        )
+    keys = list(dict.fromkeys((s.sweep, s.model, s.protocol, s.subject) for s, *_ in cells))
+    steps = sorted({step for _, step, *_ in cells})
+    aspect = float(np.median([g.image.shape[0] / g.image.shape[1] for *_, g in found]))
+    fig, axes = new_figure(
+        len(keys), len(steps), ctx.options, w=2.9, h=max(1.1, 2.9 * aspect + 0.45)
+    )
+    multi_sweep = subjects.sweep.nunique() > 1
+    multi_protocol = subjects.protocol.nunique() > 1
+    rows = []
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    for s, step, fid, path, grid in cells:
+        r = keys.index((s.sweep, s.model, s.protocol, s.subject))
+        ax = axes[r][steps.index(step)]
+        where = " · ".join(
+            [
+                *([str(s.sweep)] if multi_sweep else []),
+                str(s.model),
+                *([str(s.protocol)] if multi_protocol else []),
+            ]
+        )
+        panel = f"{where}|{s.subject}|step {step}"
+        ax.set_gid(panel)
+        if grid.image is not None:
+            ax.imshow(grid.image, interpolation="nearest")
+        else:
+            ax.text(
+                0.5,
+                0.5,
+                "samples not found",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="#b03a2e",
+                transform=ax.transAxes,
+            )
+        ax.set_title(f"step {step:,} · {short_fid(s.fid_label)} {fid:.1f}", fontsize=7)
+        rows.append(
+            {
+                "panel": panel,
+                "sweep": s.sweep,
+                "model": s.model,
+                "protocol": s.protocol,
+                "subject": s.subject,
+                "method": s.method,
+                "encoder": s.encoder,
+                "seed": s.seed,
+                "run_id": s.run_id,
+                "step": step,
+                "fid": fid,
+                "fid_label": s.fid_label,
+                "n_images": grid.n_images,
+                "classes": " ".join(map(str, grid.classes)),
+                "status": "shown" if grid.image is not None else grid.reason,
+                "path": str(path) if path is not None else "",
+            }
+        )
+    for (sweep, model, protocol, subject), row in zip(keys, axes):
+        seed = subjects[
+            (subjects.sweep == sweep)
+            & (subjects.model == model)
+            & (subjects.protocol == protocol)
+            & (subjects.subject == subject)
+        ].seed.iloc[0]
+        where = " · ".join(
+            [
+                *([str(sweep)] if multi_sweep else []),
+                str(model),
+                *([str(protocol)] if multi_protocol else []),
+            ]
+        )
+        row[0].set_ylabel(f"{where}\n{subject}\n(seed {int(seed)})", fontsize=7)
+    fig.suptitle(
+        f"Generated samples: {PER_CLASS} per class (rows) for up to {MAX_CLASSES} classes "
+        "(columns, class 0 on the left)",
+        fontsize=9,
+    )
+    missing = sum(g.image is None for *_, g in cells)
+    return FigureOutput(
+        "sample_grids",
+        "Generated samples",
+        "Rows: the baseline and, per method, the best and the worst encoder by "
+        f"{'/'.join(sorted({short_fid(f) for f in subjects.fid_label}))} at the reported step "
+        "(seed means), each from its lowest seed; columns: eval steps (titles: that "
+        "evaluation's value)."
+        + (f" {missing} evaluation(s) without sample files: samples not found." if missing else ""),
+        fig,
+        pd.DataFrame(rows),
     )

@@ -2,7 +2,8 @@
 
 For each point, in order, try offsets on rings around it (right, left, above, below, then
 diagonals, further out) and keep the first whose estimated text box overlaps neither a marker
-nor an already placed label and stays inside the axes. When every candidate collides, the one
+nor an already placed label nor a text already on the axes (e.g. a reference line's label) and
+stays inside the axes. When every candidate collides, the one
 with the least overlap is used (and counted). Call it after the figure layout is final.
 """
 
@@ -30,6 +31,25 @@ def _overlap_area(box: np.ndarray, others: np.ndarray) -> float:
     return float((np.clip(w, 0, None) * np.clip(h, 0, None)).sum())
 
 
+def _text_boxes(ax: Axes, px_per_pt: float) -> np.ndarray:
+    """Estimated pixel boxes (K, 4) of the texts already on ``ax`` (same glyph estimate)."""
+    boxes = []
+    for text in ax.texts:
+        content = text.get_text()
+        if not content or not text.get_visible():
+            continue
+        x, y = text.get_transform().transform(text.get_position())
+        size = text.get_fontsize() * px_per_pt
+        lines = content.split("\n")
+        width = _CHAR_WIDTH_EM * size * max(len(line) for line in lines) + 2.0
+        height = _LINE_HEIGHT_EM * size * len(lines)
+        ha, va = text.get_horizontalalignment(), text.get_verticalalignment()
+        x0 = x if ha == "left" else x - width if ha == "right" else x - width / 2
+        y0 = y if va in ("bottom", "baseline") else y - height if va == "top" else y - height / 2
+        boxes.append([x0, y0, x0 + width, y0 + height])
+    return np.reshape(np.array(boxes, dtype=float), (-1, 4))
+
+
 def place_labels(
     ax: Axes,
     xs: Sequence[float],
@@ -54,6 +74,7 @@ def place_labels(
     pts = ax.transData.transform(np.column_stack([xs, ys]).astype(float))  # (n, 2) pixels
     frame = ax.get_window_extent()
     markers = np.concatenate([pts - _MARKER_PX, pts + _MARKER_PX], axis=1)  # (n, 4) boxes
+    fixed = _text_boxes(ax, px_per_pt)  # texts drawn before the labels
     placed: list[np.ndarray] = []
     leaders: list[np.ndarray] = []  # (2, 2) pixel segments from a point to its far label
     collisions = 0
@@ -62,7 +83,7 @@ def place_labels(
         text = str(labels[i])
         width = _CHAR_WIDTH_EM * fontsize * len(text) * px_per_pt + 2.0
         height = _LINE_HEIGHT_EM * fontsize * px_per_pt
-        others = np.concatenate([np.delete(markers, i, axis=0), np.reshape(placed, (-1, 4))])
+        others = np.concatenate([np.delete(markers, i, axis=0), fixed, np.reshape(placed, (-1, 4))])
         best: tuple[float, np.ndarray, tuple[float, float, int, int]] | None = None
         for radius in _RADII_PT:
             for dx, dy in _DIRECTIONS:

@@ -21,7 +21,7 @@ import pandas as pd
 from harness import __version__
 from harness.io import write_bytes, write_json, write_text
 from harness.report.analysis import Analysis
-from harness.report.data import SHORT_LABELS, Study
+from harness.report.data import BASELINE, METHOD_LABELS, SHORT_LABELS, Study
 from harness.report.figures import (
     FigureOutput,
     ReportContext,
@@ -29,6 +29,8 @@ from harness.report.figures import (
     figure_style,
     freeze_layout,
 )
+from harness.report.findings import Findings, reported_evals, summarise
+from harness.report.noise import Noise, metric_label
 from harness.report.options import ReportOptions
 
 MAX_ROWS_SHOWN = 60  # rows of a long table shown in report.md / index.html (the CSV has all)
@@ -134,9 +136,135 @@ def partial_table(analysis: Analysis) -> pd.DataFrame:
     )
 
 
+def noise_floor_table(noise: Noise) -> pd.DataFrame:
+    """The noise floor as the report shows it (one row per model, step, protocol and metric)."""
+    floor = noise.floor
+    if floor.empty:
+        return pd.DataFrame()
+    out = pd.DataFrame(
+        {
+            "sweep": floor.sweep,
+            "model": floor.model,
+            "protocol": floor.protocol,
+            "step": floor.step.astype(int),
+            "metric": [metric_label(m, f) for m, f in zip(floor.metric, floor.fid_label)],
+            "σ (seed-to-seed)": floor.sigma.round(4),
+            "df": floor.df.astype(int),
+            "groups": floor.n_groups.astype(int),
+            "seeds": floor.n_seeds.astype(int),
+            "seeds per group": floor.seeds_per_group,
+            "groups pooled": [_first(g, 4) for g in floor.groups],
+        }
+    )
+    return out.drop(columns=["sweep"] if out.sweep.nunique() <= 1 else [])
+
+
+def _first(items: str, k: int) -> str:
+    """The first ``k`` of a comma-separated list, and how many more."""
+    parts = [p for p in str(items).split(", ") if p]
+    return ", ".join(parts[:k]) + (f" and {len(parts) - k} more" if len(parts) > k else "")
+
+
+def comparison_table(noise: Noise, study: Study) -> pd.DataFrame:
+    """Every stated comparison at the reported steps: Δ and whether it exceeds the floor."""
+    comp = noise.comparisons
+    if comp.empty:
+        return pd.DataFrame()
+    steps = pd.concat(
+        [study.points[["sweep", "model", "step"]], study.baselines[["sweep", "model", "step"]]]
+    ).drop_duplicates()
+    comp = comp.merge(steps, on=["sweep", "model", "step"])
+    comp = comp[(comp.metric == "fid") | (comp.kind == "vs baseline")]
+    order = {"vs baseline": 0, "best vs worst": 1, "best vs runner-up": 2, "iREPA vs REPA": 3}
+    comp = comp.assign(
+        _k=comp.kind.map(order),
+        _m=comp.metric.map({"fid": 0, "class_accuracy": 1, "precision": 2, "recall": 3}),
+    )
+    methods = {m: i for i, m in enumerate(METHOD_LABELS)}
+    comp = comp.assign(_o=comp.method.map(methods).fillna(len(methods)))
+    comp = comp.sort_values(["_m", "_k", "model", "_o", "step", "delta"])
+    return pd.DataFrame(
+        {
+            "comparison": comp.kind,
+            "model": comp.model,
+            "protocol": comp.protocol,
+            "step": comp.step.astype(int),
+            "metric": [metric_label(m, f) for m, f in zip(comp.metric, comp.fid_label)],
+            "encoder": comp.encoder,
+            "method": [METHOD_LABELS.get(m, m) for m in comp.method],
+            "value (n seeds)": [f"{v:.4g} ({n})" for v, n in zip(comp.value, comp.n)],
+            "versus": comp.versus,
+            "versus value (n)": [
+                f"{v:.4g} ({n})" for v, n in zip(comp.versus_value, comp.versus_n)
+            ],
+            "Δ": comp.delta.round(4),
+            "threshold": comp.threshold.round(4),
+            "exceeds floor": comp.exceeds_floor,
+            "direction": comp.direction,
+        }
+    )
+
+
+def generation_table(study: Study) -> pd.DataFrame:
+    """Generation metrics at the reported step: per facet and encoder, seed means."""
+    cols = [
+        "fid",
+        "fid_sd",
+        "n_seeds",
+        "precision",
+        "recall",
+        "class_accuracy",
+        "class_accuracy_real",
+    ]
+    if study.evals.empty:  # against the papers: no generation metrics of our own
+        return pd.DataFrame()
+    base = study.baselines.assign(method=BASELINE, encoder="(no alignment)")
+    frames = [f for f in (base, study.points) if len(f)]
+    if not frames:
+        return pd.DataFrame()
+    rows = pd.concat(
+        [
+            f.reindex(
+                columns=["model", "method", "protocol", "step", "encoder", "fid_label", *cols]
+            )
+            for f in frames
+        ]
+    )
+    return pd.DataFrame(
+        {
+            "model": rows.model,
+            "method": [METHOD_LABELS.get(m, m) for m in rows.method],
+            "protocol": rows.protocol,
+            "step": rows.step.astype(int),
+            "encoder": rows.encoder,
+            "FID/FD (mean ± sd over seeds)": [
+                f"{f:.4g}" + (f" ± {sd:.2g}" if np.isfinite(sd) else "")
+                for f, sd in zip(rows.fid.astype(float), rows.fid_sd.astype(float))
+            ],
+            "seeds": rows.n_seeds.astype(int),
+            "precision": rows.precision.astype(float).round(4),
+            "recall": rows.recall.astype(float).round(4),
+            "class accuracy": rows.class_accuracy.astype(float).round(4),
+            "ceiling (real images)": rows.class_accuracy_real.astype(float).round(4),
+        }
+    )
+
+
 def report_warnings(study: Study, analysis: Analysis, options: ReportOptions) -> list[str]:
     """Everything a reader must know before trusting a number."""
     out = list(study.warnings)
+    evals = reported_evals(study)
+    if len(evals) and not (evals.groupby(["method", "encoder"]).seed.nunique() >= 2).any():
+        out.append(
+            "no noise floor measured: no method/encoder group has two or more seeds at the "
+            "reported step, so differences between encoders and against the baseline cannot be "
+            "judged (add a `noise_floor` section with seeds to the sweep)"
+        )
+    if len(evals) and evals.class_accuracy.isna().all():
+        out.append(
+            "no sample class accuracy in these evaluations (they predate it, or the eval stage "
+            "did not measure it): whether the samples show their classes is not judged"
+        )
     corr = analysis.correlations
     if not corr.empty:
         small = corr[(corr.method == "pearson") & corr.small_n]
@@ -176,7 +304,14 @@ def write_report(
     result = ReportFiles(
         out_dir=out_dir, warnings=report_warnings(ctx.study, ctx.analysis, ctx.options)
     )
+    noise = ctx.noise
+    assert noise is not None  # ReportContext computes it
+    findings = summarise(ctx.study, ctx.analysis, noise, ctx.options)
     tables = {
+        "noise_floor": noise.floor,
+        "comparisons": noise.comparisons,
+        "seed_means": noise.means,
+        "evaluations": ctx.study.evals,
         "correlations": ctx.analysis.correlations,
         "partial_correlations": ctx.analysis.partial,
         "influence": ctx.analysis.influence,
@@ -187,6 +322,12 @@ def write_report(
     pngs: dict[str, bytes] = {}
     figures = [o for o in outputs if isinstance(o, FigureOutput)]
     result.skipped = [o for o in outputs if isinstance(o, Skipped)]
+    for skipped in result.skipped:  # a figure drawn by an earlier report into out_dir is stale
+        for stale in (
+            *(out_dir / "figures" / f"{skipped.name}.{ext}" for ext in ("png", "svg", "pdf")),
+            out_dir / "tables" / f"{skipped.name}.csv",
+        ):
+            stale.unlink(missing_ok=True)
     with figure_style():
         for out in figures:
             freeze_layout(out.figure)  # lay out once, not once per file format
@@ -209,12 +350,15 @@ def write_report(
         "source": source,
         "options": ctx.options.to_dict(),
         "coverage": ctx.study.coverage,
+        "findings": findings.lines,
+        "learned": findings.learned,
+        "noise_floor_rule": noise.rule,
         "warnings": result.warnings,
         "figures": [o.name for o in figures],
         "skipped": {s.name: s.reason for s in result.skipped},
     }
     write_json(out_dir / "summary.json", summary)
-    sections = _sections(ctx, figures, result, summary)
+    sections = _sections(ctx, figures, result, summary, findings)
     write_text(out_dir / "report.md", _markdown(sections))
     write_text(out_dir / "index.html", _html(sections, pngs, ctx.options.vector_format))
     result.files += [out_dir / "summary.json", out_dir / "report.md", out_dir / "index.html"]
@@ -237,7 +381,11 @@ class _Section:
 
 
 def _sections(
-    ctx: ReportContext, figures: list[FigureOutput], result: ReportFiles, summary: dict[str, Any]
+    ctx: ReportContext,
+    figures: list[FigureOutput],
+    result: ReportFiles,
+    summary: dict[str, Any],
+    findings: Findings,
 ) -> list[_Section]:
     cov = ctx.study.coverage
     mode = (
@@ -251,7 +399,55 @@ def _sections(
         for k, v in cov.items()
     ]
     protocols = ctx.study.protocols.drop(columns=["fid_label"], errors="ignore")
+    noise = ctx.noise
+    assert noise is not None
+    samples = next((o for o in figures if o.name == "sample_grids"), None)
+    if samples is not None:
+        samples_section = _Section(
+            samples.title, [samples.caption], figure=samples, links=["tables/sample_grids.csv"]
+        )
+    else:
+        why = next((s.reason for s in result.skipped if s.name == "sample_grids"), "")
+        samples_section = _Section("Generated samples", [why or "samples not found"])
+    floor_text = [
+        "The spread of each generation metric between training seeds of the same method and "
+        "encoder, pooled over every group with two or more seeds.",
+        f"Rule: {noise.rule}.",
+    ]
+    if noise.floor.empty:
+        floor_text.insert(
+            0,
+            "No noise floor measured: no group has two or more seeds, so "
+            "differences cannot be judged.",
+        )
     sections = [
+        _Section("What this study found", findings.lines, bullets=True),
+        samples_section,
+        _Section(
+            "Seed-to-seed noise floor",
+            floor_text,
+            table=noise_floor_table(noise),
+            links=["tables/noise_floor.csv", "tables/seed_means.csv"],
+        ),
+        _Section(
+            "Differences against the noise floor",
+            [
+                "Every comparison this report states, at the reported step: each encoder against "
+                "the baseline (every generation metric), and between encoders (FID/FD). "
+                "'cannot be judged': no noise floor. All steps: tables/comparisons.csv."
+            ],
+            table=comparison_table(noise, ctx.study),
+            links=["tables/comparisons.csv"],
+        ),
+        _Section(
+            "Generation metrics at the reported step",
+            [
+                "Means over seeds; class accuracy: the substitute classifier's agreement with each "
+                "sample's conditioning class; ceiling: the same classifier on real images."
+            ],
+            table=generation_table(ctx.study),
+            links=["tables/points.csv", "tables/evaluations.csv"],
+        ),
         _Section("What this report covers", covered, bullets=True),
         _Section(
             "Evaluation protocols", ["FIDs are pooled only within one protocol."], table=protocols
@@ -268,6 +464,8 @@ def _sections(
         ),
     ]
     for out in figures:
+        if out is samples:
+            continue
         sections.append(
             _Section(out.title, [out.caption], figure=out, links=[f"tables/{out.name}.csv"])
         )

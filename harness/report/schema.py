@@ -74,6 +74,13 @@ READ_CONTRACT: dict[str, tuple[tuple[str, str], ...]] = {
         ("state", "VARCHAR"),
         ("job_id", "VARCHAR"),
         ("error", "VARCHAR"),
+        ("path", "VARCHAR"),  # artifact directory relative to the results root
+    ),
+    "evaluations": (  # only to find each evaluation's artifact (its samples/)
+        ("run_id", "VARCHAR"),
+        ("step", "BIGINT"),
+        ("protocol_key", "VARCHAR"),
+        ("stage_key", "VARCHAR"),
     ),
     "published": (
         ("paper", "VARCHAR"),
@@ -109,7 +116,21 @@ READ_CONTRACT: dict[str, tuple[tuple[str, str], ...]] = {
     ),
 }
 
+# Columns read when present and NaN when absent (databases ingested before the migration that
+# added them): name -> ((column, duckdb type), ...). 003_class_accuracy adds these to v_study.
+OPTIONAL_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    "v_study": (
+        ("class_accuracy", "DOUBLE"),  # fraction of samples classified as their conditioning class
+        ("class_accuracy_real", "DOUBLE"),  # the same classifier on real val images (ceiling)
+    ),
+}
+
 
 def columns(name: str) -> list[str]:
     """The column names the report reads from table/view ``name``."""
     return [column for column, _ in READ_CONTRACT[name]]
+
+
+def optional_columns(name: str) -> list[str]:
+    """The columns of ``name`` the report reads when present (NaN otherwise)."""
+    return [column for column, _ in OPTIONAL_COLUMNS.get(name, ())]
