@@ -51,7 +51,9 @@ def published_fids(published: pd.DataFrame) -> pd.DataFrame:
     # rows from other recipes (REPA-E, MeanFlow) or other NFEs never pair with ours.
     note = fids.source_note.fillna("")
     other_recipe = note.str.contains("recipe=", regex=False)
-    other_nfe = note.str.contains(r"NFE=\d", regex=True) & ~note.str.contains("NFE=250", regex=False)
+    other_nfe = note.str.contains(r"NFE=\d", regex=True) & ~note.str.contains(
+        "NFE=250", regex=False
+    )
     fids = fids[~(other_recipe | other_nfe)]
     fids["train_steps"] = pd.to_numeric(fids.train_steps, errors="coerce")
     fids["cfg"] = pd.to_numeric(fids.cfg, errors="coerce")
