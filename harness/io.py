@@ -16,6 +16,7 @@ the current user are changed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import grp
 import hashlib
@@ -184,7 +185,10 @@ def make_temp_dir(parent: str | os.PathLike[str], prefix: str) -> Path:
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[BinaryIO]:
     """Open a temporary file next to ``path``; on clean exit fsync and rename it into place.
 
-    The file gets mode ``0o666 & ~umask`` (and the lab group, see :func:`share`).
+    The file gets mode ``0o666 & ~umask`` (and the lab group, see :func:`share`). On any error
+    the temporary file is removed and ``path`` is left as it was. A full disk or quota raises
+    ``OSError`` (ENOSPC / EDQUOT) naming ``path``, even when the writer (``torch.save``) turned
+    the ``OSError`` into its own exception.
     """
     path = Path(path)
     make_dirs(path.parent)
@@ -196,11 +200,27 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[Bin
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        full = disk_full(exc)
+        if full is not None and not (isinstance(exc, OSError) and exc.filename):
+            raise OSError(full, os.strerror(full), str(path)) from exc
         raise
     _fsync_dir(path.parent)
+
+
+def disk_full(exc: BaseException) -> int | None:
+    """``errno.ENOSPC`` / ``errno.EDQUOT`` when ``exc`` or an exception it was raised from or
+    while handling is a full disk or quota, else None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return current.errno
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _fsync_dir(directory: Path) -> None:

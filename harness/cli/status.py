@@ -68,7 +68,7 @@ def ingest_quietly(root: Path) -> str | None:
 
     try:
         ingest(root)
-    except StoreError as exc:
+    except (StoreError, OSError) as exc:  # OSError: e.g. a full disk; the status still shows
         print(f"warning: ingest skipped: {exc}", file=sys.stderr)
         return str(exc)
     return None
@@ -177,9 +177,9 @@ def render_view(view: dict[str, Any]) -> Any:
     )
     parts: list[Any] = [table]
     for stage, status, log_path in view["failures"]:
+        state = f"{status.state} ({status.ended})" if status.ended else status.state
         lines = [
-            f"{status.state}: {stage['label']}  ({stage['stage']} {stage['key']}, "
-            f"job {status.job_id})",
+            f"{state}: {stage['label']}  ({stage['stage']} {stage['key']}, job {status.job_id})",
             f"  {status.detail}",
         ]
         tail = (status.log_tail or "").splitlines()[-FAILURE_TAIL_LINES:]
@@ -195,7 +195,7 @@ def _console() -> Any:
 
     from rich.console import Console
 
-    return Console(width=max(110, shutil.get_terminal_size().columns))
+    return Console(width=max(124, shutil.get_terminal_size().columns))  # every column unwrapped
 
 
 def print_views(views: list[dict[str, Any]]) -> None:

@@ -130,6 +130,15 @@ class JobHandle:
         return None
 
 
+class RefusedSubmission(SubmitError):
+    """The scheduler refused a submission; ``submitted`` holds the jobs of this call that it had
+    already accepted (earlier chunks of an array larger than MaxArraySize), in order."""
+
+    def __init__(self, message: str, hint: str | None, submitted: list[JobHandle]) -> None:
+        super().__init__(message, hint=hint)
+        self.submitted = submitted
+
+
 class _Throttle:
     """At most one scheduler call per ``interval_s`` (sbatch rate limits; submitit#1659)."""
 
@@ -259,7 +268,8 @@ class Launcher:
             One handle per job, in order.
 
         Raises:
-            SubmitError: the scheduler rejected the submission (sbatch's message included).
+            RefusedSubmission: the scheduler refused a chunk (sbatch's message included); the
+                handles of the chunks it accepted before are on the exception.
         """
         if not jobs:
             return []
@@ -279,10 +289,11 @@ class Launcher:
                 ):
                     submitted = [executor.submit(job) for job in part]
             except (FailedJobError, FailedSubmissionError, OSError) as exc:
-                raise SubmitError(
-                    f"the scheduler rejected job '{name}' ({len(part)} task(s)): {_tail(exc)}",
-                    hint="fix the resources in the sweep file; the jobs submitted before this one "
-                    "are recorded, so re-running the same command submits only the rest",
+                raise RefusedSubmission(
+                    f"sbatch refused job '{name}' ({len(part)} task(s)): {_tail(exc)}",
+                    hint="the jobs submitted before this one are recorded, so re-running the same "
+                    "command submits only the rest",
+                    submitted=handles,
                 ) from exc
             for job in submitted:
                 handles.append(

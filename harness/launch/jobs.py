@@ -2,10 +2,11 @@
 
 The truth about a stage lives in its artifact directory (``result.json`` written last,
 ``state.json`` while running or after a failure) and in the sweeps' ``jobs.jsonl`` submission
-logs. The scheduler is asked only one thing: which job ids are still alive. That is one batched
-``squeue`` call for all of the user's jobs, cached, with a backoff while nothing changes
-(submitit#1759); ``sacct`` is never needed (accounting is often disabled or stale:
-submitit#1720).
+logs. The scheduler is asked which job ids are still alive, how often each was requeued, and
+how the jobs that ended recently ended (``NODE_FAIL``, ``TIMEOUT`` ...: slurmctld remembers them
+for ``MinJobAge``, 300 s by default). That is one batched ``squeue -t all`` call for all of the
+user's jobs, cached, with a backoff while nothing changes (submitit#1759); ``sacct`` is never
+needed (accounting is often disabled or stale: submitit#1720).
 
 A stage's state is one of ``STATES``:
 
@@ -13,12 +14,18 @@ A stage's state is one of ``STATES``:
 planned    never submitted, or its job vanished before starting (cancelled while queued)
 submitted  its job is queued (``reason`` says why: Priority, Dependency, JobHeldUser...)
 running    its job runs
+requeued   its job was requeued (node failure, preemption, time limit, ``scontrol requeue``) and
+           waits to run again; it resumes from what the stage saved
 done       ``result.json`` with status done: never runs again
 diverged   ``result.json`` with status diverged (training went non-finite): terminal
 failed     the job raised (``state.json`` failed), or it vanished while running (SIGKILL,
            node failure)
-interrupted the job saved and stopped (preemption, cancel) and is not queued again
+interrupted the job saved and stopped (preemption, cancel, node failure) and is not queued again
 ========== ==========================================================================
+
+When the scheduler still knows how a job that is not queued again ended, the detail says so (e.g.
+``job 31 ended NODE_FAIL (its node failed)``), and :func:`record_vanished` keeps that in
+``state.json`` for later commands.
 """
 
 from __future__ import annotations
@@ -45,7 +52,9 @@ from harness.paths import plan_dir, stage_dir
 
 log = get_logger(__name__)
 
-STATES = ("planned", "submitted", "running", "done", "diverged", "failed", "interrupted")
+STATES = (
+    "planned", "submitted", "running", "requeued", "done", "diverged", "failed", "interrupted"
+)  # fmt: skip
 STATE_FILE = "state.json"
 JOBS_FILE = "jobs.jsonl"
 # squeue states of jobs that are over (anything else is alive: pending, running, requeued ...)
@@ -60,6 +69,18 @@ _TERMINAL = {
     "TIMEOUT",
     "SPECIAL_EXIT",
     "REVOKED",
+    "PREEMPTED",
+}
+# how a job ended, in words (squeue's terminal states)
+_ENDED = {
+    "BOOT_FAIL": "its node failed to boot",
+    "CANCELLED": "cancelled",
+    "DEADLINE": "past its deadline",
+    "FAILED": "non-zero exit",
+    "NODE_FAIL": "its node failed",
+    "OUT_OF_MEMORY": "out of memory",
+    "PREEMPTED": "preempted",
+    "TIMEOUT": "time limit reached",
 }
 _RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING", "RESIZING"}
 
@@ -137,6 +158,12 @@ def load_submissions(root: Path) -> dict[str, dict[str, Any]]:
 class LiveJob:
     state: str  # squeue state (PENDING, RUNNING ...) or RUNNING for a local process
     reason: str = ""  # squeue reason (Priority, Dependency, JobHeldUser, ...)
+    restarts: int = 0  # how often SLURM requeued the job (node failure, preemption, requeue)
+
+    @property
+    def over(self) -> bool:
+        """The job ended (squeue -t all still lists jobs that ended within MinJobAge)."""
+        return self.state in _TERMINAL
 
 
 class JobPoller:
@@ -184,10 +211,19 @@ class JobPoller:
             jobs = self._slurm_jobs()
             if jobs is None:  # never answered: assume alive rather than resubmit
                 return LiveJob("UNKNOWN", "squeue unavailable")
-            return jobs.get(job_id)
+            job = jobs.get(job_id)
+            return job if job is not None and not job.over else None
         if executor == "local":
             return LiveJob("RUNNING") if _local_job_alive(job_id) else None
         return None  # debug jobs ran in-process and are over
+
+    def ended(self, job_id: str, executor: str) -> str | None:
+        """How a SLURM job that is over ended (``NODE_FAIL``, ``TIMEOUT`` ...), while the
+        scheduler still remembers it; None when it is alive or forgotten."""
+        if executor != "slurm":
+            return None
+        job = (self._slurm_jobs() or {}).get(job_id)
+        return job.state if job is not None and job.over else None
 
     def _slurm_jobs(self) -> dict[str, LiveJob] | None:
         fresh_enough = time.monotonic() - self._fetched_at < self.interval_s
@@ -210,25 +246,43 @@ class JobPoller:
         return fresh
 
 
+# job id | state | reason | restart count; the -o fallback (squeue before 20.11 has no field
+# suffixes in -O) has no restart count
+_SQUEUE_FORMATS = (
+    ["-O", "JobArrayID:|,State:|,Reason:|,RestartCnt:"],
+    ["-o", "%i|%T|%r"],
+)
+
+
 def _squeue() -> dict[str, LiveJob] | None:
-    """All of the user's alive jobs, one per array task; None when squeue fails."""
+    """All of the user's jobs that are alive or ended recently, one per array task; None when
+    squeue fails."""
     if shutil.which("squeue") is None:
         return None
-    command = ["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T|%r"]
-    try:
-        out = subprocess.run(command, capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        event(log, "jobs.squeue_failed", error=str(exc))
-        return None
-    if out.returncode != 0:
-        event(log, "jobs.squeue_failed", error=out.stderr.strip())
+    out = None
+    for fmt in _SQUEUE_FORMATS:
+        command = ["squeue", "-h", "-r", "-t", "all", "-u", getpass.getuser(), *fmt]
+        try:
+            out = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            event(log, "jobs.squeue_failed", error=str(exc))
+            return None
+        if out.returncode == 0:
+            break
+    if out is None or out.returncode != 0:
+        event(log, "jobs.squeue_failed", error=out.stderr.strip() if out else "")
         return None
     jobs: dict[str, LiveJob] = {}
     for line in out.stdout.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) < 3 or parts[1] in _TERMINAL:
+        parts = [p.strip() for p in line.split("|")]
+        if len(parts) < 3 or not parts[0]:
             continue
-        jobs[parts[0]] = LiveJob(state=parts[1], reason=parts[2])
+        restarts = parts[3] if len(parts) > 3 else ""
+        jobs[parts[0]] = LiveJob(
+            state=parts[1].split()[0] if parts[1] else "UNKNOWN",  # "CANCELLED by 0"
+            reason=parts[2],
+            restarts=int(restarts) if restarts.isdigit() else 0,
+        )
     return jobs
 
 
@@ -266,10 +320,11 @@ class StageStatus:
     attempt: int = 0
     wall_time_s: float | None = None  # finished stages: the job's wall time
     vanished: bool = False  # state.json says running but the job is gone (killed)
+    ended: str | None = None  # how the scheduler says the job ended (NODE_FAIL, TIMEOUT ...)
 
     @property
     def live(self) -> bool:
-        return self.state in ("submitted", "running")
+        return self.state in ("submitted", "running", "requeued")
 
 
 def stage_status(
@@ -299,28 +354,41 @@ def stage_status(
     attempt = int(submission.get("attempt", 1)) if submission else 0
     state = read_state(out_dir)
     common = {"job_id": job_id, "executor": executor, "attempt": attempt}
+    recorded = (state or {}).get("state")
+    ended = None
     if job_id is not None and executor is not None:
         live = poller.live(job_id, executor)
         if live is not None:
-            running = live.state in _RUNNING or (state or {}).get("state") == "running"
+            # requeued: SLURM restarted it, or this very job saved and stopped and is queued again
+            requeued = live.restarts > 0 or (
+                recorded == "interrupted" and str((state or {}).get("job_id")) == job_id
+            )
+            running = live.state in _RUNNING or (recorded == "running" and not requeued)
+            reason = live.reason if live.reason not in ("None", "") else live.state.lower()
+            if requeued and not running:
+                reason = f"requeued {max(live.restarts, 1)}x, waiting: {reason}"
             return StageStatus(
                 key,
                 stage,
-                "running" if running else "submitted",
-                detail=live.reason if live.reason not in ("None", "") else live.state.lower(),
+                "running" if running else "requeued" if requeued else "submitted",
+                detail=reason,
                 started_at=(state or {}).get("started_at") if running else None,
                 updated_at=(state or {}).get("updated_at"),
                 **common,
             )
+        ended = poller.ended(job_id, executor)
+    # the scheduler's word on how the job ended, when it still remembers (NODE_FAIL ...)
+    how = f"job {job_id} ended {ended} ({_ENDED[ended]})" if ended in _ENDED else None
     if state is not None:
-        recorded = state.get("state")
         times = {"started_at": state.get("started_at"), "updated_at": state.get("updated_at")}
         if recorded == "running":
             return StageStatus(
                 key,
                 stage,
                 "failed",
-                detail=f"job {state.get('job_id')} ended while running "
+                detail=f"job {job_id} ended while running: {ended} ({_ENDED[ended]}), see its log"
+                if how
+                else f"job {state.get('job_id')} ended while running "
                 "(killed, out of memory or node failure: see its log)",
                 log_tail=state.get("log_tail"),
                 # only when the scheduler answered after the job started (no stale verdicts)
@@ -330,20 +398,28 @@ def stage_status(
                     and not poller.stale
                     and poller.answered_at > float(state.get("updated_at") or 0)
                 ),
+                ended=ended if how else None,
                 **times,
                 **common,
             )
         if recorded in ("failed", "interrupted"):
+            error = str(state.get("error") or "")
+            # news only when it is this job's record and not the job's own failure (FAILED)
+            if not (ended != "FAILED" and str(state.get("job_id")) == job_id):
+                how = None
+            if how and how not in error:
+                error = f"{how}; {error}" if error else how
             return StageStatus(
                 key,
                 stage,
                 recorded,
-                detail=str(state.get("error") or ""),
+                detail=error,
                 log_tail=state.get("log_tail"),
+                ended=ended if how else None,
                 **times,
                 **common,
             )
-    return StageStatus(key, stage, "planned", **common)
+    return StageStatus(key, stage, "planned", detail=how or "", **common)
 
 
 def statuses(
@@ -361,14 +437,30 @@ def statuses(
 def record_vanished(root: Path, current: Mapping[str, StageStatus]) -> int:
     """Write ``state.json`` = failed for stages whose job vanished while running (SIGKILL, node
     failure: the job could not say so itself), with the tail of the job's stderr, so that the
-    database and later commands see the failure too. Returns how many were recorded."""
+    database and later commands see the failure too; and add how the scheduler says a failed or
+    interrupted job ended (NODE_FAIL ...) to its ``state.json`` before the scheduler forgets it.
+    Returns how many were recorded."""
     count = 0
     submissions = load_submissions(root) if any(s.vanished for s in current.values()) else {}
     for status in current.values():
+        out_dir = stage_dir(root, status.stage, status.key)
+        if status.ended and not status.vanished and status.state in ("failed", "interrupted"):
+            previous = read_state(out_dir) or {}
+            if previous.get("state") == status.state and previous.get("error") != status.detail:
+                write_state(
+                    out_dir,
+                    status.state,
+                    job_id=status.job_id,
+                    started_at=previous.get("started_at"),
+                    error=status.detail,
+                    log_tail=previous.get("log_tail"),
+                    where=(previous.get("host"), previous.get("pid")),
+                )
+                count += 1
+            continue
         if not status.vanished:
             continue
         log_path = (submissions.get(status.key) or {}).get("log")
-        out_dir = stage_dir(root, status.stage, status.key)
         previous = read_state(out_dir) or {}
         write_state(
             out_dir,

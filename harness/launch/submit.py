@@ -51,7 +51,7 @@ from harness.stages import STAGES
 from harness.stages.runner import StageJob, write_spec
 
 if TYPE_CHECKING:
-    from harness.launch.executor import JobHandle, Launcher
+    from harness.launch.executor import JobHandle, Launcher, RefusedSubmission
 
 log = get_logger(__name__)
 
@@ -245,15 +245,25 @@ class _Batch:
         self, stages: list[PlannedStage], kind: str, dependency: tuple[str, ...] = ()
     ) -> list[JobHandle]:
         """Submit ``stages`` (all of stage ``kind``) as one group; record every job at once."""
+        from harness.launch.executor import RefusedSubmission
+
         resources = self.plan.sweep.resources.for_stage(kind)
-        handles = self.launcher.submit(
-            [StageJob(self.root, s.stage, s.key) for s in stages],
-            resources,
-            name=f"{self.plan.sweep.launch.job_name}-{kind}",
-            dependency=dependency,
-            env={**self.env, "OMP_NUM_THREADS": str(resources.cpus_per_task)},
-            workdir=self.workdir,
-        )
+        try:
+            handles = self.launcher.submit(
+                [StageJob(self.root, s.stage, s.key) for s in stages],
+                resources,
+                name=f"{self.plan.sweep.launch.job_name}-{kind}",
+                dependency=dependency,
+                env={**self.env, "OMP_NUM_THREADS": str(resources.cpus_per_task)},
+                workdir=self.workdir,
+            )
+        except RefusedSubmission as exc:  # the chunks sbatch accepted before run: record them
+            self._record(stages[: len(exc.submitted)], exc.submitted)
+            raise
+        self._record(stages, handles)
+        return handles
+
+    def _record(self, stages: list[PlannedStage], handles: list[JobHandle]) -> None:
         for stage, handle in zip(stages, handles, strict=True):
             append_jsonl(
                 jobs_file(self.root, self.plan.sweep.name),
@@ -268,7 +278,6 @@ class _Batch:
                 },
             )
             self.report.submitted[stage.key] = handle.job_id
-        return handles
 
 
 def _submit(
@@ -306,19 +315,59 @@ def _submit(
 
 
 def _submit_waves(batch: _Batch) -> None:
-    """SLURM: one job array per stage kind and upstream job set, ``afterok`` on upstream jobs."""
+    """SLURM: one job array per stage kind and upstream job set, ``afterok`` on upstream jobs.
+
+    Raises:
+        SubmitError: sbatch refused a submission partway (a submit limit, the controller's job
+            table full ...): what was submitted is recorded; the message says what was not.
+    """
+    from harness.launch.executor import RefusedSubmission
+
     job_of = {k: str(d.status.job_id) for k, d in batch.decisions.items() if d.action == "live"}
-    for kind in STAGE_ORDER:
-        groups: dict[tuple[str, ...], list[PlannedStage]] = {}
-        for stage in (s for s in batch.todo if s.stage == kind):
-            deps = tuple(sorted({job_of[u] for u in stage.needs if u in job_of}))
-            groups.setdefault(deps, []).append(stage)
-        for deps, members in groups.items():
-            for stage, handle in zip(members, batch.submit(members, kind, deps), strict=True):
-                job_of[stage.key] = handle.job_id
+    try:
+        for kind in STAGE_ORDER:
+            groups: dict[tuple[str, ...], list[PlannedStage]] = {}
+            for stage in (s for s in batch.todo if s.stage == kind):
+                deps = tuple(sorted({job_of[u] for u in stage.needs if u in job_of}))
+                groups.setdefault(deps, []).append(stage)
+            for deps, members in groups.items():
+                for stage, handle in zip(members, batch.submit(members, kind, deps), strict=True):
+                    job_of[stage.key] = handle.job_id
+    except RefusedSubmission as exc:
+        raise _refused_partway(batch, exc) from exc
     event(log, "sweep.submitted", sweep=batch.plan.sweep.name, jobs=len(batch.report.submitted))
 
 
+def _refused_partway(batch: _Batch, exc: RefusedSubmission) -> SubmitError:
+    """The error of a submission that sbatch refused partway: how many stage jobs went in (and
+    where they are recorded), how many of which stage kinds did not, and sbatch's own words."""
+    submitted = batch.report.submitted
+    left = [s for s in batch.todo if s.key not in submitted]
+    per_kind = Counter(s.stage for s in left)
+    kinds = ", ".join(f"{per_kind[k]} {k}" for k in STAGE_ORDER if per_kind[k])
+    labels = ", ".join(s.label for s in left[:_LISTED]) + (
+        f", ... ({len(left) - _LISTED} more)" if len(left) > _LISTED else ""
+    )
+    event(
+        log,
+        "sweep.refused",
+        sweep=batch.plan.sweep.name,
+        submitted=len(submitted),
+        not_submitted=len(left),
+        error=exc.message,
+    )
+    return SubmitError(
+        f"{exc.message}\n"
+        f"submitted {len(submitted)} of {len(batch.todo)} stage job(s) (recorded in "
+        f"{jobs_file(batch.root, batch.plan.sweep.name)}); NOT submitted: {len(left)} ({kinds}): "
+        f"{labels}",
+        hint="the submitted jobs run as usual; once the scheduler accepts jobs again (a submit "
+        "limit: `squeue -u $USER` and `sacctmgr show assoc user=$USER` / `show qos`), re-run the "
+        f"same command: it submits only the {len(left)} not submitted",
+    )
+
+
+_LISTED = 8  # stage labels named in a refused-submission message
 _LOCAL_PRIORITY = {"latents": 0, "train": 1, "fid_ref": 2, "eval": 3, "spatial": 4, "probe": 5}
 
 

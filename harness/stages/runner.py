@@ -27,7 +27,7 @@ from typing import Any
 
 from harness.artifacts import is_done, read_result, write_result
 from harness.errors import ArtifactError, StageError
-from harness.io import write_json
+from harness.io import disk_full, write_json
 from harness.launch.jobs import STATE_FILE, write_state
 from harness.logs import add_json_log, event, get_logger, setup_logging
 from harness.paths import stage_dir
@@ -165,33 +165,25 @@ class StageJob:
                     event(log, "stage.interrupted", stage=self.stage, key=self.key)
                     stop.hand_back()  # USR2: submitit checkpoints + requeues + exits here
                     raise StageInterrupted(f"{self.stage} {self.key} saved and stopped")
+            if not leader:
+                return outcome.status
+            write_result(  # inside the try: a full disk here fails the stage visibly too
+                out_dir,
+                stage=self.stage,
+                key=self.key,
+                config=spec["config"],
+                payload=outcome.payload,
+                status=outcome.status,
+                error=outcome.error,
+                started_at=started,
+            )
         except StageInterrupted:
             raise
         except Exception as exc:
             if leader:
-                tail = traceback.format_exc().splitlines()[-_TAIL_LINES:]
-                write_state(
-                    out_dir,
-                    "failed",
-                    job_id=info.job_id,
-                    started_at=started,
-                    error=f"{type(exc).__name__}: {exc}",
-                    log_tail="\n".join(tail),
-                )
+                _record_failure(out_dir, info.job_id, started, exc)
             event(log, "stage.failed", stage=self.stage, key=self.key, error=str(exc))
             raise
-        if not leader:
-            return outcome.status
-        write_result(
-            out_dir,
-            stage=self.stage,
-            key=self.key,
-            config=spec["config"],
-            payload=outcome.payload,
-            status=outcome.status,
-            error=outcome.error,
-            started_at=started,
-        )
         (out_dir / STATE_FILE).unlink(missing_ok=True)
         event(log, "stage.finished", stage=self.stage, key=self.key, status=outcome.status)
         return outcome.status
@@ -225,6 +217,43 @@ class StageJob:
                 )
             needs.setdefault(need["stage"], []).append(need["key"])
         return needs
+
+
+def failure_text(exc: BaseException) -> str:
+    """The ``error`` of a failed stage; a full disk or quota says so and what to do."""
+    text = f"{type(exc).__name__}: {exc}"
+    full = disk_full(exc)
+    if full is None:
+        return text
+    if not (isinstance(exc, OSError) and exc.errno == full):
+        text = f"{os.strerror(full)}: {text}"
+    return (
+        f"{text}; free space on that file system, then `harness sweep ... --retry-failed` "
+        "resumes the stage (training from its last checkpoint)"
+    )
+
+
+def _record_failure(out_dir: Path, job_id: str | None, started: float, exc: BaseException) -> None:
+    """``state.json`` = failed with the error and the traceback tail; best effort (on a full disk
+    even this small write can fail: the job's own log still has the traceback)."""
+    tail = traceback.format_exc().splitlines()[-_TAIL_LINES:]
+    try:
+        write_state(
+            out_dir,
+            "failed",
+            job_id=job_id,
+            started_at=started,
+            error=failure_text(exc),
+            log_tail="\n".join(tail),
+        )
+    except OSError as write_error:
+        event(
+            log,
+            "stage.failure_unrecorded",
+            level=logging.ERROR,
+            path=str(out_dir / STATE_FILE),
+            error=str(write_error),
+        )
 
 
 def _device(local_rank: int) -> str:
