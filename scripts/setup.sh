@@ -8,7 +8,7 @@ PY=${PYTHON:-python3}
 if [[ ! -x .venv/bin/python ]]; then
     "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import harness, torch, torchvision" 2>/dev/null; then
+if ! .venv/bin/python -c "import harness, torch, torchvision, statsmodels" 2>/dev/null; then
     .venv/bin/pip install -q --upgrade pip
     .venv/bin/pip install -q "torch==2.14.1" "torchvision==0.29.1" \
         || .venv/bin/pip install -q "torch>=2.4" "torchvision>=0.19"

@@ -97,6 +97,18 @@ def slurm_cluster() -> SlurmCluster:
     return SlurmCluster(node_states=states, started_here=True)
 
 
+@pytest.fixture
+def root(slurm_cluster, tmp_path):
+    """A results root on the SLURM cluster whose jobs are cancelled after the test, whatever its
+    outcome (the real-SLURM test files use it)."""
+    from harness.cli import main
+
+    path = tmp_path / "results"
+    yield path
+    if (path / "plans").is_dir():
+        main(["--results", str(path), "cancel"])
+
+
 # ---------------------------------------------------------------------------------------------
 # GPU marker
 # ---------------------------------------------------------------------------------------------

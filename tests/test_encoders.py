@@ -103,8 +103,11 @@ def test_catalogue_has_the_study_encoders_and_controls() -> None:
         BUILTIN_ENCODERS
     )
     assert set(BUILTINS) == set(BUILTIN_ENCODERS)
-    for spec in CATALOGUE.encoders:  # every entry gives a 16x16 grid for 256-px images
-        assert spec.resolution // spec.patch_size == 16, spec.name
+    for spec in CATALOGUE.encoders:  # every entry gives a 16x16 grid for 256-px images ...
+        if spec.resolution == 32:  # ... but the CPU study's own controls: 8x8 at 32 px
+            assert spec.resolution // spec.patch_size == 8 and spec.family == "control", spec.name
+        else:
+            assert spec.resolution // spec.patch_size == 16, spec.name
 
 
 def test_timm_entries_declare_timms_own_preprocessing_constants() -> None:
@@ -294,7 +297,8 @@ def test_constant_image_normalises_per_channel_for_every_catalogue_entry() -> No
     for spec in CATALOGUE.encoders:
         from harness.encoders.base import Encoder
 
-        request = BuildRequest((16, 16), (16 * spec.patch_size,) * 2, torch.device("cpu"), True)
+        side = spec.resolution // spec.patch_size  # 16, or 8 for the CPU study's own controls
+        request = BuildRequest((side, side), (spec.resolution,) * 2, torch.device("cpu"), True)
         enc = Encoder(spec, None, request, torch.float32)  # preprocessing only: no model
         x = enc.preprocess(img)
         want = (color.float() / 255 - torch.tensor(spec.mean)) / torch.tensor(spec.std)

@@ -305,6 +305,19 @@ def test_axis_titles_and_labels_are_inside_the_figure_and_apart(
         for k, (i, a_text, a) in enumerate(boxes):
             for j, b_text, b in boxes[k + 1 :]:
                 assert i == j or not a.overlaps(b), (a_text, b_text)
+        for legend in fig.legends:  # the figure legend's entries are not cut off either
+            for text in legend.get_texts():
+                box = text.get_window_extent(renderer)
+                assert frame.x0 - 1 <= box.x0 and box.x1 <= frame.x1 + 1, text.get_text()
+
+
+def test_a_narrow_figure_wraps_its_legend() -> None:
+    from harness.report.figures import legend_columns
+
+    labels = ["efficientnet-lite0", "inhouse-simclr", "noise", "no alignment", "pixels"]
+    assert legend_columns(3.3, labels) == 2  # one 3.3-inch panel: 2 entries per row
+    assert legend_columns(13.2, labels) == 5  # four panels: all in one row
+    assert legend_columns(3.3, ["x"] * 20) == 7 and legend_columns(30, ["x"] * 20) == 8
 
 
 # ----------------------------------------------------------------------------- protocol guard

@@ -184,15 +184,6 @@ def assert_no_duplicate_rows(root: Path, run_key: str, steps: int) -> None:
     ]
 
 
-@pytest.fixture
-def root(slurm_cluster, tmp_path):
-    """A results root whose jobs are cancelled after the test, whatever its outcome."""
-    path = tmp_path / "results"
-    yield path
-    if (path / "plans").is_dir():
-        main(["--results", str(path), "cancel"])
-
-
 # ---------------------------------------------------------------------------------------------
 # Node failure
 # ---------------------------------------------------------------------------------------------

@@ -85,15 +85,6 @@ def rows(root: Path, sweep: str = "tiny") -> list[dict]:
     return read_jsonl(path) if path.exists() else []
 
 
-@pytest.fixture
-def root(slurm_cluster, tmp_path):
-    """A results root whose jobs are cancelled after the test, whatever its outcome."""
-    path = tmp_path / "results"
-    yield path
-    if (path / "plans").is_dir():
-        main(["--results", str(path), "cancel"])
-
-
 # ---------------------------------------------------------------------------------------------
 # The tiny sweep end to end
 # ---------------------------------------------------------------------------------------------

@@ -443,10 +443,20 @@ def _line_panels(
         list(legend.values()),
         list(legend.keys()),
         loc="outside lower center",
-        fontsize=6.5,
-        ncols=min(8, max(1, len(legend))),
+        fontsize=LEGEND_FONT,
+        ncols=legend_columns(fig.get_figwidth(), list(legend)),
     )
     return fig, pd.DataFrame(rows, columns=["panel", "quantity", "encoder", "step", "value"])
+
+
+LEGEND_FONT = 6.5  # points
+
+
+def legend_columns(width_in: float, labels: list[str], most: int = 8) -> int:
+    """How many legend entries fit side by side in a figure ``width_in`` inches wide: an entry is
+    its handle (~30 pt) plus its longest label at ~0.6 em per character; the rest wrap."""
+    entry_pt = 30 + 0.6 * LEGEND_FONT * max((len(label) for label in labels), default=1)
+    return max(1, min(most, len(labels), int(width_in * 72 // entry_pt)))
 
 
 def _panel_order(key: object) -> tuple:

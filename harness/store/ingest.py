@@ -91,6 +91,7 @@ SOURCE_TABLES: dict[str, tuple[tuple[str, str | None], ...]] = {
     sources.PLAN: (("plans", "sweep"), ("plan_stages", "sweep")),
     sources.JOBS: (("submissions", "sweep"),),
     sources.PUBLISHED: (("published", None),),
+    sources.PREDICTIONS: (("predictions", "fit_id"), ("prediction_cv", "fit_id")),
 }
 READ_THREADS = 8  # parallel file reads (latency-bound on network filesystems)
 
@@ -403,6 +404,10 @@ def _parse_into(
         rows["submissions"].extend(sources.parse_jobs(source, root))
     elif source.kind == sources.PUBLISHED:
         rows["published"].extend(read_published(data))
+    elif source.kind == sources.PREDICTIONS:
+        predictions, cv = sources.parse_predictions(source, data)
+        rows["predictions"].extend(predictions)
+        rows["prediction_cv"].extend(cv)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ Layout (see :mod:`harness.paths` and :mod:`harness.artifacts`)::
     stages/<stage>/<key>/per_image.csv     spatial metrics per image
     plans/<sweep>/plan.json                the saved plan of a sweep
     plans/<sweep>/jobs.jsonl               one row per submission (appended)
+    rank/<fit_id>/predictions.json         a fit of `harness rank` (predictions, CV table)
 
 Every parser raises :class:`~harness.errors.ArtifactError` for a malformed file; ingest then
 skips that file and lists it, and never stops on it.
@@ -30,6 +31,8 @@ from harness.store import published
 
 RESULT, STATE, TRAIN_LOG, PER_IMAGE = "result", "state", "train_log", "per_image"
 PLAN, JOBS, PUBLISHED = "plan", "jobs", "published"
+PREDICTIONS = "predictions"
+PREDICTION_FILES = {"predictions.json": PREDICTIONS}
 STAGE_FILES = {
     RESULT_FILE: RESULT,
     "state.json": STATE,
@@ -73,6 +76,8 @@ def scan(root: Path) -> dict[str, SourceFile]:
             )
     for sweep_dir in _subdirs(root / "plans"):
         _collect(found, sweep_dir, PLAN_FILES, f"plans/{sweep_dir.name}", stage=None)
+    for fit_dir in _subdirs(root / "rank"):
+        _collect(found, fit_dir, PREDICTION_FILES, f"rank/{fit_dir.name}", stage=None)
     try:
         st = published.PUBLISHED_CSV.stat()
     except OSError:
@@ -270,6 +275,24 @@ def parse_jobs(source: SourceFile, root: Path) -> list[dict[str, Any]]:
             "log": _text(line.get("log")),
         }
     return list(rows.values())
+
+
+def parse_predictions(
+    source: SourceFile, data: bytes
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The ``predictions`` and ``prediction_cv`` rows of ``rank/<fit_id>/predictions.json``
+    (written by :func:`harness.report.predict` through ``harness rank``)."""
+    from harness.store.predictions import PREDICTION_SCHEMA, parse
+
+    record = _json_object(source, data)
+    if record.get("schema") != PREDICTION_SCHEMA:
+        raise ArtifactError(
+            f"{source.path}: not a harness rank fit (schema {PREDICTION_SCHEMA} expected)"
+        )
+    try:
+        return parse(record, source.owner)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{source.path}: malformed fit: {exc!r}") from exc
 
 
 def parse_per_image(text: str, name: str) -> list[dict[str, Any]]:
