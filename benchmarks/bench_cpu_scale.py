@@ -29,20 +29,59 @@ SIMPLE = {"max_objects": 1, "home_palette_prob": 1.0, "backgrounds": "flat"}
 BASE_DATA = {"resolution": 32, "num_classes": 10, "train_images": 2000, "val_images": 500}
 # name -> (data overrides, model, train overrides)
 CANDIDATES: dict[str, tuple[dict[str, Any], str, dict[str, Any]]] = {
+    # the study as it was: full variety, plain EMA (its first steps' weights linger)
     "today": ({}, "SiT-T/4", {"global_batch": 32, "lr": 5e-4, "ema_decay": 0.99}),
-    "simple-t4": (SIMPLE, "SiT-T/4", {"global_batch": 32, "lr": 1e-3, "ema_decay": 0.995}),
-    "simple-t4-b64": (SIMPLE, "SiT-T/4", {"global_batch": 64, "lr": 2e-3, "ema_decay": 0.99}),
+    "full-t4-warm": (
+        {},
+        "SiT-T/4",
+        {"global_batch": 32, "lr": 1e-3, "ema_decay": 0.995, "ema_warmup": True},
+    ),
+    "simple-t4": (
+        SIMPLE,
+        "SiT-T/4",
+        {"global_batch": 32, "lr": 1e-3, "ema_decay": 0.995, "ema_warmup": True},
+    ),
+    "simple-t4-lr2e-3": (
+        SIMPLE,
+        "SiT-T/4",
+        {"global_batch": 32, "lr": 2e-3, "ema_decay": 0.995, "ema_warmup": True},
+    ),
     "gradient-t4": (
         {**SIMPLE, "backgrounds": "gradient"},
         "SiT-T/4",
-        {"global_batch": 32, "lr": 1e-3, "ema_decay": 0.995},
+        {"global_batch": 32, "lr": 1e-3, "ema_decay": 0.995, "ema_warmup": True},
     ),
-    "simple-xs4": (SIMPLE, "SiT-XS/4", {"global_batch": 32, "lr": 1e-3, "ema_decay": 0.995}),
+    "simple-xs4": (
+        SIMPLE,
+        "SiT-XS/4",
+        {"global_batch": 32, "lr": 1e-3, "ema_decay": 0.995, "ema_warmup": True},
+    ),
 }
+BIG = {**SIMPLE, "object_scale": 1.6}
+CANDIDATES.update(
+    {
+        "big-t4": (
+            BIG,
+            "SiT-T/4",
+            {"global_batch": 32, "lr": 2e-3, "ema_decay": 0.995, "ema_warmup": True},
+        ),
+        "big-xs4": (
+            BIG,
+            "SiT-XS/4",
+            {"global_batch": 32, "lr": 1e-3, "ema_decay": 0.995, "ema_warmup": True},
+        ),
+        "big-gradient-t4": (
+            {**BIG, "backgrounds": "gradient"},
+            "SiT-T/4",
+            {"global_batch": 32, "lr": 2e-3, "ema_decay": 0.995, "ema_warmup": True},
+        ),
+    }
+)
 SAMPLERS: dict[str, dict[str, Any]] = {
     "ode20": {"mode": "ode", "num_steps": 20},
-    "ode20-cfg2": {"mode": "ode", "num_steps": 20, "cfg_scale": 2.0},
-    "sde40-cfg2": {"mode": "sde", "num_steps": 40, "cfg_scale": 2.0},
+    "sde40": {"mode": "sde", "num_steps": 40},
+    # CFG 2 inside REPA's guidance interval (t <= 0.7): what the CPU study samples with
+    "sde40-cfg2": {"mode": "sde", "num_steps": 40, "cfg_scale": 2.0, "guidance_high": 0.7},
 }
 
 
@@ -128,6 +167,7 @@ def run_candidate(name: str, budget: float, num_samples: int, root: Path) -> lis
                     "data": data,
                     "model": model,
                     **{k: train_over[k] for k in ("global_batch", "lr", "ema_decay")},
+                    "ema_warmup": bool(train_over.get("ema_warmup", False)),
                     "sampler": sampler_name,
                     "step": step,
                     "train_cpu_s": round(spent, 1),
@@ -144,18 +184,20 @@ def run_candidate(name: str, budget: float, num_samples: int, root: Path) -> lis
     return rows
 
 
-def write_grid(eval_dir: Path, png: Path, n: int = 40) -> None:
-    """The first ``n`` samples (4 per class row-major) as one PNG, to look at."""
+def write_grid(eval_dir: Path, png: Path, per_class: int = 4) -> None:
+    """The first ``per_class`` samples of every class, one column per class, as one PNG."""
     import numpy as np
     from PIL import Image
 
     shard = sorted((eval_dir / "samples").glob("*.npz"))[0]
     with np.load(shard) as f:
         images, labels = f["images"], f["labels"]
-    order = np.argsort(labels[: n * 4], kind="stable")[:n]
-    tiles = images[order].transpose(0, 2, 3, 1)  # (n, H, W, 3)
-    rows = [np.concatenate(list(tiles[i : i + 10]), axis=1) for i in range(0, len(tiles), 10)]
-    Image.fromarray(np.concatenate(rows, axis=0)).resize((640, 64 * len(rows)), 0).save(png)
+    classes = np.unique(labels)
+    picks = [np.flatnonzero(labels == c)[:per_class] for c in classes]
+    tiles = images.transpose(0, 2, 3, 1)  # (N, H, W, 3)
+    rows = [np.concatenate([tiles[p[r]] for p in picks], axis=1) for r in range(per_class)]
+    grid = np.concatenate(rows, axis=0)
+    Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), 0).save(png)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
