@@ -607,3 +607,38 @@ def test_cli_module_imports_without_heavy_libraries() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_run_two_sweeps_share_belongs_to_both_studies() -> None:
+    import duckdb
+
+    from harness.report.data import _in_every_sweep
+
+    con = duckdb.connect()
+    con.execute(
+        "CREATE TABLE plan_stages (sweep VARCHAR, stage_key VARCHAR, stage VARCHAR, labels JSON)"
+    )
+    con.execute(
+        "INSERT INTO plan_stages VALUES ('quick', 'k1', 'train', '{\"run_id\": \"r1\"}'), "
+        "('full', 'k1', 'train', '{\"run_id\": \"r1\"}'), ('full', 'k2', 'train', '{\"run_id\": \"r2\"}'), "
+        "('full', 'k3', 'eval', '{\"run_id\": \"r1\"}')"
+    )
+    # v_study names the first sweep that planned a run: r1 -> quick only
+    rows = pd.DataFrame({"run_id": ["r1", "r1", "r2"], "sweep": ["quick", "quick", "full"],
+                         "step": [1, 2, 1], "fid": [9.0, 8.0, 7.0]})  # fmt: skip
+    out = _in_every_sweep(con, rows)
+    assert list(out.columns) == list(rows.columns)
+    assert sorted(zip(out.sweep, out.run_id, out.step, out.fid)) == [
+        ("full", "r1", 1, 9.0), ("full", "r1", 2, 8.0), ("full", "r2", 1, 7.0),
+        ("quick", "r1", 1, 9.0), ("quick", "r1", 2, 8.0),
+    ]  # fmt: skip
+
+
+def test_long_facet_labels_wrap_at_their_separators() -> None:
+    from harness.report.figures import wrap_facet
+
+    assert wrap_facet("SiT-T/4 · REPA · step 1,200") == "SiT-T/4 · REPA · step 1,200"
+    assert wrap_facet("cpu-study-full · SiT-T/4 · REPA · step 1,200") == (
+        "cpu-study-full · SiT-T/4\nREPA · step 1,200"
+    )
+    assert all(len(line) <= 28 for line in wrap_facet("a" * 10 + " · b · " + "c" * 20).split("\n"))

@@ -219,7 +219,7 @@ def load_study(con: duckdb.DuckDBPyConnection, options: ReportOptions) -> Study:
             hint=f"{WHAT_TO_RUN}; or compare encoder measurements with the papers' FIDs "
             "with `harness report --against-published`",
         )
-    rows = _select_sweep(rows, options.sweep)
+    rows = _select_sweep(_in_every_sweep(con, rows), options.sweep)
     warnings: list[str] = []
     exclusions: list[pd.DataFrame] = []
     evals = rows[rows.fid.notna()]
@@ -261,6 +261,27 @@ def load_study(con: duckdb.DuckDBPyConnection, options: ReportOptions) -> Study:
     )
     study.coverage.update(_coverage(rows, chosen, protocols))
     return study
+
+
+# (run_id, sweep) for every sweep whose plan lists the run's training stage
+_RUN_SWEEPS = """
+    SELECT DISTINCT coalesce(labels->>'$.run_id', stage_key) AS run_id, sweep
+    FROM plan_stages WHERE stage = 'train'
+"""
+
+
+def _in_every_sweep(con: duckdb.DuckDBPyConnection, rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` (one per run and step, ``sweep`` = the first sweep that planned the run) with a
+    copy for every other sweep whose plan lists the same run: a stage two sweeps share (by
+    content key) belongs to both studies, e.g. the quick CPU study's runs in cpu-study-full."""
+    pairs = con.execute(_RUN_SWEEPS).df()
+    extra = pairs.merge(rows[["run_id", "sweep"]].drop_duplicates(), how="left",
+                        on=["run_id", "sweep"], indicator=True)  # fmt: skip
+    extra = extra[extra["_merge"] == "left_only"][["run_id", "sweep"]]
+    if extra.empty:
+        return rows
+    copies = rows.drop(columns="sweep").merge(extra, on="run_id")[rows.columns]
+    return pd.concat([rows, copies], ignore_index=True)
 
 
 def _select_sweep(rows: pd.DataFrame, sweep: str | None) -> pd.DataFrame:
@@ -457,12 +478,15 @@ def _curves(evals: pd.DataFrame) -> pd.DataFrame:
 def _train_curves(con: duckdb.DuckDBPyConnection, sweep: str | None) -> pd.DataFrame:
     for name in ("train_log", "runs"):
         read_table(con, name, where="false")  # checks the contract; reads nothing
-    sql = """
-        SELECT r.sweep, r.model, r.method, coalesce(r.encoder, ?) AS encoder, t.step,
+    sql = f"""
+        WITH run_sweeps AS ({_RUN_SWEEPS}
+            UNION SELECT run_id, sweep FROM runs
+        )
+        SELECT s.sweep, r.model, r.method, coalesce(r.encoder, ?) AS encoder, t.step,
                avg(t.loss) AS loss, avg(t.flow_loss) AS flow_loss, avg(t.proj_loss) AS proj_loss,
                avg(t.align_cos) AS align_cos, count(DISTINCT t.run_id) AS n_runs
-        FROM train_log t JOIN runs r USING (run_id)
-        WHERE (? IS NULL OR r.sweep = ?)
+        FROM train_log t JOIN runs r USING (run_id) JOIN run_sweeps s USING (run_id)
+        WHERE (? IS NULL OR s.sweep = ?)
         GROUP BY ALL ORDER BY ALL
     """
     frame = con.execute(sql, [BASELINE, sweep, sweep]).df()

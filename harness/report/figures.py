@@ -221,7 +221,9 @@ def fid_vs_metrics(ctx: ReportContext) -> FigureOutput | Skipped:
             )
             ax.set_xlabel(x_label(metric, group[metric]))
             ax.set_ylabel(
-                f"{facet}\n{short_fid(first.fid_label)} (lower is better)" if c == 0 else ""
+                f"{wrap_facet(facet)}\n{short_fid(first.fid_label)} (lower is better)"
+                if c == 0
+                else ""
             )
             rows.extend(
                 {
@@ -450,6 +452,21 @@ def _line_panels(
 
 
 LEGEND_FONT = 6.5  # points
+
+
+def wrap_facet(facet: str, width: int = 28) -> str:
+    """A facet label (``sweep · model · method · step``) on as many lines of at most ``width``
+    characters as it needs, broken at its " · " separators: a row's axis label then stays within
+    its row."""
+    lines, line = [], ""
+    for part in facet.split(" · "):
+        joined = f"{line} · {part}" if line else part
+        if line and len(joined) > width:
+            lines.append(line)
+            line = part
+        else:
+            line = joined
+    return "\n".join([*lines, line])
 
 
 def legend_columns(width_in: float, labels: list[str], most: int = 8) -> int:

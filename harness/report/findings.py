@@ -321,14 +321,17 @@ def baseline_lines(study: Study, noise: Noise) -> list[str]:
             "samples are data-like cannot be said."
         ]
     lines = []
-    for (_sweep, model, protocol, step), g in base.groupby(
+    several_sweeps = base.sweep.nunique() > 1
+    for (sweep, model, protocol, step), g in base.groupby(
         ["sweep", "model", "protocol", "step"], sort=True
     ):
         p, r = float(g.precision.mean()), float(g.recall.mean())
         acc = float(g.class_accuracy.mean())
         chance, ceiling = chance_and_ceiling(g)
-        where = f"{model} · step {int(step):,}" + (
-            f" · {protocol}" if study.evals.protocol.nunique() > 1 else ""
+        where = (
+            (f"{sweep} · " if several_sweeps else "")
+            + f"{model} · step {int(step):,}"
+            + (f" · {protocol}" if study.evals.protocol.nunique() > 1 else "")
         )
         measured = f"precision {_num(p)}, recall {_num(r)}"
         if np.isfinite(acc):
