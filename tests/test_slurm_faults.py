@@ -139,9 +139,9 @@ def restart_controller() -> None:
     assert started.returncode == 0, started.stderr
     wait_for(lambda: "UP" in scontrol("ping").stdout, "slurmctld to answer", 60, every=0.2)
 
-    def node_usable() -> bool:  # slurmd has registered with the new controller
-        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
-        return out.stdout.strip() in ("idle", "mixed", "allocated", "completing")
+    def node_usable() -> bool:  # slurmd has registered: the controller would place a job again
+        probe = ["sbatch", "--test-only", "--mem=1G", "--cpus-per-task=1", "--wrap=true"]
+        return subprocess.run(probe, capture_output=True, text=True).returncode == 0
 
     wait_for(node_usable, "the node to register with the restarted slurmctld", 90, every=0.2)
 
