@@ -238,25 +238,30 @@ def alignment_lines(study: Study, noise: Noise, did_learn: bool | None) -> tuple
     return lines, wins
 
 
-def _spatial_verdict(row: object, min_n: int) -> str:
+def _unresolved_verdict(row: object, min_n: int, includes_zero: str) -> str | None:
+    """The verdict of a correlation that says nothing (not computable, too few points, or a CI
+    that includes 0: ``includes_zero``); None when its CI excludes 0."""
     if not np.isfinite(row.r):  # type: ignore[attr-defined]
         return "not computable"
     excludes = _excludes_zero(row, min_n)
     if excludes is None:
         return f"not resolved ({_unresolved(row, min_n)})"
-    if not excludes:
-        return "not resolved (the CI includes 0)"
+    return None if excludes else includes_zero
+
+
+def _spatial_verdict(row: object, min_n: int) -> str:
+    unresolved = _unresolved_verdict(row, min_n, "not resolved (the CI includes 0)")
+    if unresolved is not None:
+        return unresolved
     return "same direction as the papers" if row.r < 0 else "opposite to the papers"  # type: ignore[attr-defined]
 
 
 def _lp_verdict(row: object, min_n: int) -> str:
-    if not np.isfinite(row.r):  # type: ignore[attr-defined]
-        return "not computable"
-    excludes = _excludes_zero(row, min_n)
-    if excludes is None:
-        return f"not resolved ({_unresolved(row, min_n)})"
-    if not excludes:
-        return "not resolved, consistent with the papers' weak relation"
+    unresolved = _unresolved_verdict(
+        row, min_n, "not resolved, consistent with the papers' weak relation"
+    )
+    if unresolved is not None:
+        return unresolved
     if abs(row.r) > 2 * PAPERS["lp_abs_r"]:  # type: ignore[attr-defined]
         return "stronger than the papers' weak relation"
     return "weak, as in the papers"
