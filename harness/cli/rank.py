@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -271,7 +270,7 @@ def _dry_run(plan: Any, root: Path) -> int:
 
 def measure_encoders(plan: Any, root: Path, executor_name: str) -> bool:
     """Run (or reuse) every measurement of ``plan``; True when all are done."""
-    from harness.cli.status import ingest_quietly
+    from harness.cli.status import ingest_quietly, watch
     from harness.launch.executor import resolve_executor
     from harness.launch.jobs import JobPoller
     from harness.launch.submit import plan_statuses, submit_plan
@@ -284,11 +283,11 @@ def measure_encoders(plan: Any, root: Path, executor_name: str) -> bool:
         f"measurements: {reused} reused, {len(report.submitted)} run with the {executor} executor"
     )
     current = plan_statuses(plan, root, poller)
-    while any(s.live for s in current.values()):  # SLURM: follow the jobs until they end
-        time.sleep(poller.interval_s)
-        poller.invalidate()
+    if any(s.live for s in current.values()):  # SLURM: follow the jobs until they end
+        watch(root, [plan.sweep.name], poller)  # the status table, as `harness sweep --wait`
         current = plan_statuses(plan, root, poller)
-    ingest_quietly(root)
+    else:
+        ingest_quietly(root)
     failed = [s for s in plan.stages if current[s.key].state != "done"]
     for stage in failed:
         status = current[stage.key]
