@@ -109,6 +109,34 @@ def test_npz_cache_matches_rendering(tiny_data_config: DataConfig, tmp_path: Pat
     assert _digest(reloaded.get_batch(range(32))) == _digest(plain)
 
 
+def test_small_split_is_rendered_once_and_equals_per_batch_rendering(
+    tiny_data_config: DataConfig,
+) -> None:
+    """A small split is kept in memory after its first batch; its images are the ones a
+    per-batch render of the same indices draws, in any order."""
+    dataset = GeneratedDataset(tiny_data_config, "train")
+    indices = np.array([7, 0, 31, 3, 3, len(dataset) - 1])
+    batch = dataset.get_batch(indices)
+    assert dataset._cache is not None and len(dataset._cache[0]) == len(dataset)
+    images, _ = gen.render_indices(
+        tiny_data_config.seed,
+        "train",
+        indices,
+        tiny_data_config.num_classes,
+        tiny_data_config.resolution,
+        dataset.variety,
+    )
+    expected = torch.from_numpy(images).permute(0, 3, 1, 2)
+    assert torch.equal(batch["image"], expected)
+
+
+def test_large_split_is_rendered_per_batch(tiny_data_config: DataConfig, monkeypatch) -> None:
+    monkeypatch.setattr(gen, "IN_MEMORY_BYTES", 1)
+    dataset = GeneratedDataset(tiny_data_config, "train")
+    dataset.get_batch(range(4))
+    assert dataset._cache is None
+
+
 # ---------------------------------------------------------------------------------------------
 # Generated dataset: content
 # ---------------------------------------------------------------------------------------------
