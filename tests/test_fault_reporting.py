@@ -112,3 +112,25 @@ def test_squeue_answer_is_parsed_with_restarts_and_ended_jobs(monkeypatch):
     poller = JobPoller()
     assert poller.live("13", "slurm") is None and poller.ended("13", "slurm") == "NODE_FAIL"
     assert poller.live("12_3", "slurm").restarts == 2 and poller.ended("12_3", "slurm") is None
+
+
+def test_consistent_block_calls_squeue_once_and_only_for_slurm_jobs(monkeypatch):
+    """A block of local-only queries never runs squeue (an unreachable controller costs ~20 s
+    per call); a block of SLURM queries runs it once, however many jobs it asks about."""
+    calls = []
+
+    def fake_run(command, **kwargs):
+        calls.append(command)
+        return subprocess.CompletedProcess(command, 0, "5|RUNNING|None|0\n", "")
+
+    monkeypatch.setattr(jobs.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr(jobs.subprocess, "run", fake_run)
+    poller = JobPoller(min_interval_s=0.0)
+    with poller.consistent():
+        assert poller.live("999999999", "local") is None
+        assert poller.ended("999999999", "local") is None
+    assert calls == []
+    with poller.consistent():
+        assert [poller.live(j, "slurm") for j in ("5", "6", "5")][0] == LiveJob("RUNNING", "None")
+        assert poller.ended("6", "slurm") is None
+    assert len(calls) == 1

@@ -187,18 +187,19 @@ class JobPoller:
         self._slurm: dict[str, LiveJob] | None = None
         self._fetched_at = float("-inf")
         self.answered_at = 0.0  # wall-clock time of the last successful squeue answer
-        self._frozen = False
+        self._frozen = False  # inside consistent(): answers come from one squeue call
+        self._refresh_due = False  # ... which the block's first SLURM query makes, if due
         self.stale = False  # the last squeue call failed: answers may be out of date
 
     @contextlib.contextmanager
     def consistent(self) -> Iterator[None]:
-        """Answer every query of the block from one scheduler call (refreshed once if due)."""
-        self._slurm_jobs()
-        self._frozen = True
+        """Answer every query of the block from one scheduler call (refreshed once if due, on
+        the first SLURM query: a block with only local jobs never calls squeue)."""
+        self._frozen, self._refresh_due = True, True
         try:
             yield
         finally:
-            self._frozen = False
+            self._frozen = self._refresh_due = False
 
     def invalidate(self) -> None:
         """Forget the cached answer (after submitting or cancelling)."""
@@ -227,7 +228,10 @@ class JobPoller:
 
     def _slurm_jobs(self) -> dict[str, LiveJob] | None:
         fresh_enough = time.monotonic() - self._fetched_at < self.interval_s
-        if self._frozen or (self._slurm is not None and fresh_enough):
+        if self._frozen and not self._refresh_due:
+            return self._slurm
+        self._refresh_due = False
+        if self._slurm is not None and fresh_enough:
             return self._slurm
         fresh = _squeue()
         self.calls += 1
