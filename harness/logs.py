@@ -62,14 +62,20 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+# verbosity -> the lowest level the console shows: a CLI command prints its own outcome and
+# shows events only with -v (warnings always); a job's stderr log shows every info event
+CONSOLE_LEVELS = {0: logging.WARNING, 1: logging.INFO}
+
+
 def setup_logging(verbosity: int = 0, log_file: str | Path | None = None) -> None:
-    """Configure the ``harness`` logger once per process (CLI entry or job entry)."""
+    """Configure the ``harness`` logger once per process (CLI entry: ``-v`` count; job entry:
+    1). Console: warnings at 0, info events at 1, debug from 2; the JSON file gets all."""
     root = logging.getLogger("harness")
     root.handlers.clear()
     root.setLevel(logging.DEBUG)
     root.propagate = False
     console = _StderrHandler()
-    console.setLevel(logging.DEBUG if verbosity > 0 else logging.INFO)
+    console.setLevel(CONSOLE_LEVELS.get(verbosity, logging.DEBUG))
     console.setFormatter(_HumanFormatter())
     root.addHandler(console)
     if log_file is not None:

@@ -115,7 +115,14 @@ def test_failed_stage_records_the_error_and_retry_resumes(finished, tmp_path, ca
     assert sweep(root, executor="local") == 1  # the eval job fails: its checkpoint is gone
     state = read_state(eval_dir)
     assert state["state"] == "failed" and state["error"] and state["log_tail"]
-    assert "did not finish" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "did not finish" in captured.err
+    # the final table shows the outcome (1 eval failed, the rest done), not the plan
+    eval_row = next(line for line in captured.out.splitlines() if line.startswith("│ eval"))
+    cells = [c.strip() for c in eval_row.strip("│").split("│")]
+    assert cells[:6] == ["eval", str(cells[1]), str(int(cells[1]) - 1), "", "", "1"], cells
+    last_error = state["error"].strip().splitlines()[-1]
+    assert f"failed: {evaluation.label}: {last_error}" in captured.err
     rows = len(job_rows(root))
     assert sweep(root, executor="local") == 0  # not resubmitted without --retry-failed
     assert len(job_rows(root)) == rows

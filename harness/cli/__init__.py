@@ -120,7 +120,7 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
         "--verbose",
         action="count",
         default=argparse.SUPPRESS if suppress else 0,
-        help="more log output",
+        help="show log events (-v: info, -vv: debug; default: warnings only)",
     )
     group.add_argument(
         "--debug",

@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     if executor != "slurm":
         current = plan_statuses(plan, root, poller)
         todo = decide(plan, current, retry_failed=args.retry_failed, only=only)
-        progress = _LocalProgress(sum(d.action == "submit" for d in todo.values()))
+        progress = _LocalProgress(plan, sum(d.action == "submit" for d in todo.values()))
     report = submit_plan(
         plan,
         root,
@@ -137,18 +137,26 @@ def run(args: argparse.Namespace) -> int:
     )
     if progress:
         progress.close()
-    print_plan(plan, report.decisions, submitted=report)
-    failed = [k for k, state in report.finished.items() if state not in ("done", "diverged")]
-    if executor == "slurm" and args.wait and report.submitted:
+    waited = executor != "slurm" or (args.wait and report.submitted)
+    if not waited:  # submitted to SLURM: the table says what was submitted
+        print_plan(plan, report.decisions, submitted=report)
+        return 0
+    if executor == "slurm":
         from harness.cli.status import watch
 
         watch(root, [sweep.name], poller)
-        current = plan_statuses(plan, root, poller)
-        failed = [k for k, s in current.items() if s.state in ("failed", "interrupted")]
-    elif executor != "slurm":
+    else:
         from harness.cli.status import ingest_quietly
 
         ingest_quietly(root)
+    poller.invalidate()
+    outcome = decide(plan, plan_statuses(plan, root, poller), only=only)  # the final states
+    print_plan(plan, outcome, submitted=report)
+    # this run's failures (a stage that failed before and was not retried is in the table)
+    failed = [d for k, d in outcome.items() if d.action == "failed" and k in report.submitted]
+    for decision in failed:
+        error = (decision.status.detail or "no error recorded").strip().splitlines()
+        print(f"failed: {decision.stage.label}: {error[-1] if error else ''}", file=sys.stderr)
     if failed:
         print(
             f"{len(failed)} stage(s) did not finish: see `harness status --sweep {sweep.name}`",
@@ -168,14 +176,15 @@ def _hours(value: float) -> str:
 class _LocalProgress:
     """A progress bar over the stages the local / debug executor runs."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, plan: Any, total: int) -> None:
         from harness.progress import progress
 
+        self.labels = {stage.key: stage.label for stage in plan.stages}
         self.bar = progress(total=total, desc="stages", unit="stage")
 
     def update(self, key: str, state: str) -> None:
+        self.bar.set_postfix_str(f"last: {self.labels.get(key, key)} {state}", refresh=False)
         self.bar.update(1)
-        self.bar.set_postfix_str(f"last: {state}")
 
     def close(self) -> None:
         self.bar.close()
@@ -188,8 +197,8 @@ def print_plan(plan: Any, decisions: dict[str, Any], submitted: Any = None) -> N
 
     from harness.plan import STAGE_ORDER
 
-    columns = ("done", "live", "failed", "submit", "blocked", "skipped")
-    headers = ("done", "live", "failed", "to run", "blocked", "skipped")
+    columns = ("done", "diverged", "live", "failed", "submit", "blocked", "skipped")
+    headers = ("done", "diverged", "live", "failed", "to run", "blocked", "skipped")
     title = f"sweep {plan.sweep.name}: {len(plan.encoders)} encoders × " + (
         f"{len(plan.sweep.all_methods)} methods × {len(plan.sweep.models)} models × "
         f"{len(plan.sweep.seeds)} seeds"
@@ -207,7 +216,6 @@ def print_plan(plan: Any, decisions: dict[str, Any], submitted: Any = None) -> N
         if not mine:
             continue
         counts = {c: sum(d.action == c for d in mine) for c in columns}
-        counts["done"] += sum(d.action == "diverged" for d in mine)
         todo_h = sum(d.stage.est_gpu_hours for d in mine if d.action == "submit")
         all_h = sum(d.stage.est_gpu_hours for d in mine)
         for name, value in (("n", len(mine)), ("todo", todo_h), ("all", all_h), *counts.items()):

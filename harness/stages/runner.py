@@ -119,7 +119,7 @@ class StageJob:
             return "done"
         spec = read_spec(out_dir)
         if not logging.getLogger("harness").handlers:  # a fresh job process
-            setup_logging(0)
+            setup_logging(1)
         handler = add_json_log(out_dir / LOG_FILE) if leader else None
         try:
             return self._run(spec, info, leader)

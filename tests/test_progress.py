@@ -1,0 +1,31 @@
+"""Progress output: redraws on a terminal, one plain line per update when piped."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+SCRIPT = """
+import harness.progress as hp
+hp.PIPED_INTERVAL_S = 0.0
+bar = hp.progress(total=3, desc="stages", unit="stage")
+for name in ("a", "b", "c"):
+    bar.set_postfix_str(f"last: train {name} done", refresh=False)
+    bar.update(1)
+bar.close()
+hp.PIPED_INTERVAL_S = 30.0
+quick = hp.progress(total=2, desc="quick")  # piped, done within the interval: no line at all
+quick.update(2)
+quick.close()
+"""
+
+
+def test_piped_progress_is_plain_lines_without_redraws():
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120, check=True
+    )
+    err = proc.stderr
+    assert "\r" not in err and "|" not in err  # no redraws, no bar graphics
+    lines = err.splitlines()
+    assert all(line.startswith("stages: ") for line in lines), lines
+    assert lines[-1].startswith("stages: 3/3") and "last: train c done" in lines[-1]
