@@ -4,7 +4,7 @@ Examples::
 
     harness sweep encoders.yaml --dry-run                       # the default sweep's plan
     harness sweep encoders.yaml --sweep sweeps/tiny.yaml --executor local
-    harness sweep encoders.yaml --sweep sweeps/irepa-sitxl-100k.yaml --encoders dinov2-b,pe-g
+    harness sweep encoders.yaml --sweep sweeps/irepa-sitxl-100k.yaml --encoders 'dinov2-*'
     harness sweep encoders.yaml --sweep sweeps/tiny.yaml --set train.steps=20 --wait
     harness sweep encoders.yaml --sweep sweeps/tiny.yaml --retry-failed
 
