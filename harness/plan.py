@@ -35,7 +35,7 @@ from harness.artifacts import git_sha
 from harness.config.data import DataConfig
 from harness.config.model import SiTArch
 from harness.config.run import RunConfig, run_id
-from harness.config.sweep import ENCODER_SELECTORS, SweepConfig
+from harness.config.sweep import SweepConfig, no_match, selected
 from harness.config.train import AlignConfig
 from harness.errors import ConfigError, DataError, RegistryError, did_you_mean
 from harness.io import write_json
@@ -342,20 +342,15 @@ def resolve_encoders(catalogue: Any, selectors: Iterable[str]) -> list[str]:
     """Catalogue names selected by ``all``, ``irepa27``, names or globs (in order, no repeats).
 
     Raises:
-        RegistryError: an unknown name (with a suggestion) or a glob that matches nothing.
+        RegistryError: a selector that picks no entry (with a suggestion and the allowed values).
     """
     chosen: list[str] = []
     for selector in selectors:
-        if selector == "all":
-            matches = list(catalogue.names())
-        elif selector == "irepa27":
-            matches = [spec.name for spec in catalogue.encoders if spec.irepa27]
-        else:
-            matches = [spec.name for spec in catalogue.select([selector])]
+        matches = selected(catalogue, selector)
         if not matches:
             raise RegistryError(
-                f"encoder selector {selector!r} matches no catalogue entry",
-                hint=f"allowed: {', '.join(ENCODER_SELECTORS)}, names or globs of encoders.yaml",
+                f"encoder selector {no_match(catalogue, selector)}",
+                hint="see `harness encoders list`",
             )
         chosen.extend(m for m in matches if m not in chosen)
     return chosen

@@ -17,6 +17,7 @@ import harness.cli as cli
 from harness.errors import DataError
 
 COMMANDS = cli.discover_commands()
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -39,9 +40,12 @@ def _exit_code(argv: list[str]) -> int:
 def test_top_level_help_lists_commands_with_examples(capsys) -> None:
     assert _exit_code(["--help"]) == 0
     out = capsys.readouterr().out
-    assert "examples:" in out
+    listed, examples = out.split("examples:", 1)
     for command in COMMANDS:
-        assert f"harness {command.name}" in out
+        assert f"    {command.name} " in listed
+    lines = [line.strip() for line in examples.strip().splitlines()[:-1] if line.strip()]
+    assert len(lines) >= 3 and all(line.startswith("harness ") for line in lines)
+    assert all(len(line.split()) > 2 for line in lines)  # real commands, not bare names
     for option in ("--results", "--verbose", "--debug", "--version"):
         assert option in out
 
@@ -69,6 +73,77 @@ def test_no_command_prints_help_and_exits_2(capsys) -> None:
 def test_unknown_option_is_a_usage_error(capsys) -> None:
     assert _exit_code(["validate", "x.yaml", "--no-such-option"]) == 2
     assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
+
+
+def test_every_numeric_option_has_a_range(capsys) -> None:
+    """No option takes a bare int or float: each has bounds (harness.cli.bounded), so a value
+    out of range is a usage error naming the flag, not an internal error later."""
+    bare = []
+    for command in COMMANDS:
+        parsers = [cli.build_parser()._subparsers._group_actions[0].choices[command.name]]
+        while parsers:
+            parser = parsers.pop()
+            for action in parser._actions:
+                if isinstance(action, argparse._SubParsersAction):
+                    parsers += action.choices.values()
+                elif action.type in (int, float):
+                    bare.append(f"{command.name} {'/'.join(action.option_strings)}")
+    assert not bare
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["metrics", "encoders.yaml", "--images", "0"], "argument --images: must be >= 1, got 0"),
+        (["metrics", "encoders.yaml", "--images", "-3"], "argument --images: must be >= 1, got -3"),
+        (["query", "SELECT 1", "--max-rows", "-1"], "argument --max-rows: must be >= 0, got -1"),
+        (["eval", "RUN", "--num-samples", "0"], "argument --num-samples: must be >= 1, got 0"),
+        (["probe", "--noise-t", "1"], "argument --noise-t: must be < 1, got 1"),
+        (["rank", "e.yaml", "--encoders", "x", "--level", "0"], "argument --level: must be > 0"),
+        (["sample", "CKPT", "--out", "x.png", "--n", "ten"], "argument --n: expected an integer"),
+    ],
+)
+def test_out_of_range_option_is_a_usage_error_naming_the_flag(argv, message, capsys) -> None:
+    assert _exit_code(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "internal error" not in err
+
+
+def test_validate_cross_checks_sweep_encoders_with_the_catalogue(tmp_path, capsys) -> None:
+    sweep = tmp_path / "study.yaml"
+    sweep.write_text("name: study\nmodels: [SiT-T/4]\nencoders: [pixels, dinov9-vit-z]\n")
+    assert cli.main(["validate", str(sweep)]) == 0  # without a catalogue: names unchecked
+    capsys.readouterr()
+    assert cli.main(["validate", str(REPO / "encoders.yaml"), str(sweep)]) == 2
+    out, err = capsys.readouterr()
+    assert "ok: " in out and "encoders.yaml (catalogue)" in out
+    assert f"invalid: {sweep}:3: encoders[1]: 'dinov9-vit-z' is not in the catalogue" in err
+    assert "(did you mean 'dinov2-vit-" in err and "allowed: all, irepa27" in err
+
+
+def test_validate_set_applies_to_the_sweep_not_the_catalogue(capsys) -> None:
+    files = [str(REPO / "encoders.yaml"), str(REPO / "sweeps" / "irepa-sitxl-100k.yaml")]
+    steps = ["--set", "train.steps=1000"]
+    assert cli.main(["validate", *files, *steps, "--set", "eval.at_steps=[1000]"]) == 0
+    capsys.readouterr()
+    assert cli.main(["validate", *files, *steps]) == 2
+    err = capsys.readouterr().err
+    assert "irepa-sitxl-100k.yaml:66: eval.at_steps: [100000] are outside 1..train.steps" in err
+    assert "<top>" not in err and "encoders.yaml" not in err
+
+
+def test_sweep_encoders_option_outside_the_sweep_is_a_user_error(capsys) -> None:
+    argv = ["sweep", str(REPO / "encoders.yaml"), "--sweep", str(REPO / "sweeps/cpu-study.yaml")]
+    assert cli.main([*argv, "--encoders", "dino*", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "--encoders 'dino*': selects none of sweep cpu-study's encoders; allowed: " in err
+    assert "noise-p4, pixels-p4, efficientnet-lite0, inhouse-sup" in err
+
+
+def test_bench_checks_the_encoder_name_before_building(capsys) -> None:
+    argv = ["bench", "train", "--model", "SiT-XL/2", "--encoder", "dinov2-b"]
+    assert cli.main([*argv, "--catalogue", str(REPO / "encoders.yaml")]) == 2
+    assert "unknown encoder 'dinov2-b' (did you mean 'dinov2-vit-b'?)" in capsys.readouterr().err
 
 
 def test_user_error_exits_2_with_one_clear_message(tmp_path: Path) -> None:

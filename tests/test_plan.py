@@ -14,7 +14,7 @@ from harness.config.encoders import load_catalogue
 from harness.config.loader import parse_yaml
 from harness.config.model import sit_arch
 from harness.config.resources import ResourceConfig, Resources
-from harness.config.sweep import load_sweep, sweep_from_doc
+from harness.config.sweep import load_sweep, only_encoders, sweep_from_doc
 from harness.errors import ConfigError, RegistryError
 from harness.launch.jobs import StageStatus
 from harness.launch.submit import decide
@@ -197,6 +197,54 @@ def test_unknown_encoder_says_did_you_mean(catalogue):
         resolve_encoders(catalogue, ["zzz-*"])
 
 
+def test_sweep_encoders_are_checked_against_the_catalogue_with_file_and_line(catalogue):
+    text = "name: x\ndata: {source: generated}\nencoders:\n  - pixels\n  - dinov9-vit-z\n"
+    with pytest.raises(ConfigError) as info:
+        sweep_from_doc(parse_yaml(text, "x.yaml"), catalogue=catalogue)
+    assert info.value.message.startswith(
+        "x.yaml:5: encoders[1]: 'dinov9-vit-z' is not in the catalogue (did you mean 'dinov"
+    )
+    assert "allowed: all, irepa27, a glob, or a name: " in info.value.message
+    assert "pixels" in info.value.message.split("allowed:")[1]
+    assert sweep_from_doc(parse_yaml(text, "x.yaml")).encoders[1] == "dinov9-vit-z"  # unchecked
+
+
+def test_encoders_option_filters_the_sweeps_own_list(catalogue):
+    sweep = only_encoders(tiny(), catalogue, ["p*"])
+    assert sweep.encoders == ["pixels"]
+    assert build_plan(catalogue, sweep).encoders == ["pixels"]
+    everything = only_encoders(tiny(), catalogue, ["all"])
+    assert everything.encoders == ["pixels", "noise"]  # `all` of the sweep, not the catalogue
+
+
+def test_encoders_option_outside_the_sweep_names_the_sweeps_encoders(catalogue):
+    with pytest.raises(ConfigError) as info:
+        only_encoders(tiny(), catalogue, ["noise", "dino*"])
+    assert info.value.message == (
+        "--encoders 'dino*': selects none of sweep tiny's encoders; allowed: pixels, noise"
+    )
+
+
+def test_encoders_option_without_a_sweep_list_selects_from_the_catalogue(catalogue):
+    own = sweep_text("name: x\nencoders: [pixels]\n")
+    assert only_encoders(own, catalogue, ["pixels"]).encoders == ["pixels"]
+    bare = sweep_text("name: x\n")  # encoders: defaults to all
+    assert only_encoders(bare, catalogue, ["hog", "dinov2-vit-b"]).encoders == [
+        "hog",
+        "dinov2-vit-b",
+    ]
+    with pytest.raises(ConfigError, match=r"'hgo' is not in the catalogue \(did you mean 'hog'"):
+        only_encoders(bare, catalogue, ["hgo"])
+
+
+def test_encoders_option_keeps_the_noise_floor_of_the_chosen_encoders(catalogue):
+    floored = tiny("noise_floor.seeds=[1]", "noise_floor.encoders=[noise]")
+    assert only_encoders(floored, catalogue, ["pixels"]).noise_floor.encoders == []
+    kept = only_encoders(floored, catalogue, ["noise"])
+    assert kept.noise_floor.encoders == ["noise"] and kept.noise_floor.seeds == [1]
+    assert build_plan(catalogue, only_encoders(floored, catalogue, ["pixels"])).encoders
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -207,7 +255,7 @@ def test_unknown_encoder_says_did_you_mean(catalogue):
         ("models: [SiT-Q/2]\n", r"sweep.yaml:1: models: .*unknown SiT model 'SiT-Q/2'"),
         (
             "train: {steps: 10}\neval: {at_steps: [20]}\n",
-            r"eval.at_steps \[20\] are outside 1..train.steps \(10\)",
+            r"sweep.yaml:2: eval.at_steps: \[20\] are outside 1..train.steps \(10\)",
         ),
         ("seeds: [0, 0]\n", r"sweep.yaml:1: seeds: seeds must be distinct"),
         ("align: {none: {proj_coeff: 1.0}}\n", r"align.none: not an alignment method"),

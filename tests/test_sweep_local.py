@@ -138,7 +138,7 @@ def test_failed_stage_records_the_error_and_retry_resumes(finished, tmp_path, ca
         (["--set", "methods=[repa, irepaa]"], "did you mean 'irepa'"),
         (["--encoders", "pixls"], "did you mean 'pixels'"),
         (["--set", "data.source=folder", "--set", "data.root=/nonexistent/imagenet"], "cpu-study"),
-        (["--set", "train.steps=2"], "eval.at_steps [4] are outside"),
+        (["--set", "train.steps=2"], "eval.at_steps: [4] are outside"),
         (["--only", "trian"], "did you mean 'train'"),
     ],
 )

@@ -18,6 +18,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from harness import __version__
 from harness.errors import HarnessError
@@ -33,6 +34,17 @@ class Command:
     order: int = 50
 
 
+# ``harness --help``: a first session (every command's own examples are in its --help)
+EXAMPLES = """
+    harness validate encoders.yaml sweeps/cpu-study.yaml
+    harness sweep encoders.yaml --sweep sweeps/cpu-study.yaml --dry-run
+    harness sweep encoders.yaml --sweep sweeps/tiny.yaml --executor local
+    harness status --sweep tiny
+    harness report --sweep tiny
+    harness query "SELECT encoder, method, step, fid FROM v_study ORDER BY fid"
+"""
+
+
 def add_overrides_argument(
     parser: argparse.ArgumentParser, example: str = "train.steps=1000", what: str = "a config value"
 ) -> None:
@@ -45,6 +57,41 @@ def add_overrides_argument(
         metavar="KEY.PATH=VALUE",
         help=f"override {what}, e.g. --set {example} (repeatable)",
     )
+
+
+def bounded(
+    kind: Callable[[str], float] = int,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    lt: float | None = None,
+) -> Callable[[str], Any]:
+    """An argparse ``type=`` for a number within bounds (``ge``/``gt``/``lt``, as in pydantic's
+    ``Field``): out of range, argparse says ``argument --images: must be >= 1, got 0`` and
+    exits 2, before anything runs."""
+    noun = "an integer" if kind is int else "a number"
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        for ok, rule in (
+            (ge is None or value >= ge, f">= {ge}"),
+            (gt is None or value > gt, f"> {gt}"),
+            (lt is None or value < lt, f"< {lt}"),
+        ):
+            if not ok:
+                raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # type: ignore[attr-defined]
+    return parse
+
+
+POSITIVE_INT = bounded(int, ge=1)  # counts and sizes: images, samples, steps, batch, grid
+NON_NEGATIVE_INT = bounded(int, ge=0)  # seeds, workers, checkpoint steps, "0 = all"
+NON_NEGATIVE_FLOAT = bounded(float, ge=0)  # seconds
 
 
 def add_trust_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
@@ -78,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         "diffusion training: sweep on SLURM, measure, store in DuckDB, report.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
-        + "\n".join(f"  harness {c.name:<9} # {c.help}" for c in commands)
+        + textwrap.indent(textwrap.dedent(EXAMPLES).strip(), "  ")
         + "\n\nrun 'harness COMMAND --help' for a command's options and examples.",
     )
     _add_global_options(parser, suppress=False)

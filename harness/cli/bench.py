@@ -2,7 +2,7 @@
 
 Examples::
 
-    harness bench train --model SiT-XL/2 --encoder dinov2-b --catalogue encoders.yaml --batch 256
+    harness bench train --model SiT-XL/2 --encoder dinov2-vit-b --catalogue encoders.yaml --batch 256
     harness bench train --model SiT-B/2 --encoder toy --batch 64 --precision bf16 --compile
     harness bench train --model SiT-T/2 --encoder toy --space pixel --resolution 32 --device cpu
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from harness.cli import Command
+from harness.cli import NON_NEGATIVE_INT, POSITIVE_INT, Command
 from harness.cli.train import add_device_argument
 
 
@@ -29,26 +29,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--method", default="repa", help="repa | irepa (with --encoder)")
     parser.add_argument("--catalogue", metavar="YAML", help="encoder catalogue (encoders.yaml)")
-    parser.add_argument("--batch", type=int, default=64, help="images per step (default 64)")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    parser.add_argument(
+        "--batch", type=POSITIVE_INT, default=64, help="images per step (default 64)"
+    )
+    parser.add_argument("--steps", type=POSITIVE_INT, default=10, help="timed steps (default 10)")
+    parser.add_argument(
+        "--warmup", type=NON_NEGATIVE_INT, default=3, help="untimed steps first (default 3)"
+    )
     parser.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16")
     parser.add_argument("--compile", action="store_true", help="torch.compile the SiT")
-    parser.add_argument("--resolution", type=int, default=256, help="image side (default 256)")
+    parser.add_argument(
+        "--resolution", type=POSITIVE_INT, default=256, help="image side (default 256)"
+    )
     parser.add_argument("--space", choices=["latent", "pixel"], default="latent")
-    parser.add_argument("--num-workers", type=int, default=4, help="data-loader workers")
+    parser.add_argument(
+        "--num-workers", type=NON_NEGATIVE_INT, default=4, help="data-loader workers"
+    )
     add_device_argument(parser)
     parser.add_argument("--out", metavar="FILE", help="JSON file for the numbers")
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.errors import ConfigError
     from harness.io import write_json
     from harness.paths import results_root
     from harness.train.bench import bench_setup, bench_train, format_table
 
-    if args.batch < 1 or args.steps < 1 or args.warmup < 0:
-        raise ConfigError("--batch and --steps must be >= 1, --warmup >= 0")
     run_cfg, catalogue, targets = bench_setup(
         model=args.model,
         method=args.method,
@@ -85,7 +90,7 @@ COMMAND = Command(
     name="bench",
     help="benchmark training throughput (images/s, step breakdown, memory, MFU)",
     examples="""
-        harness bench train --model SiT-XL/2 --encoder dinov2-b --catalogue encoders.yaml --batch 256
+        harness bench train --model SiT-XL/2 --encoder dinov2-vit-b --catalogue encoders.yaml --batch 256
         harness bench train --model SiT-T/2 --encoder toy --space pixel --resolution 32 --device cpu
     """,
     add_arguments=add_arguments,

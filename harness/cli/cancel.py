@@ -4,7 +4,7 @@ submitted sweeps.
 Examples::
 
     harness cancel --sweep tiny                 # every live job of the sweep
-    harness cancel --sweep paper --stage eval   # only its evaluation jobs
+    harness cancel --sweep tiny --stage eval   # only its evaluation jobs
 
 Running training jobs receive SIGTERM, save a checkpoint and stop (state ``interrupted``);
 ``harness sweep ... --retry-failed`` resumes them later. Stages shared with other sweeps
@@ -61,7 +61,7 @@ COMMAND = Command(
     help="cancel the queued and running jobs of submitted sweeps",
     examples="""
         harness cancel --sweep tiny
-        harness cancel --sweep paper --stage eval
+        harness cancel --sweep tiny --stage eval
     """,
     add_arguments=add_arguments,
     run=run,

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.cli import Command, add_overrides_argument
+from harness.cli import POSITIVE_INT, Command, add_overrides_argument
 from harness.errors import ConfigError
 
 TILE_MIN = 96  # tiles are upscaled (nearest) to at least this many pixels
@@ -29,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     preview.add_argument("--out", required=True, type=Path, metavar="PNG", help="grid image path")
     preview.add_argument("--split", default="train", choices=["train", "val"], help="split")
-    preview.add_argument("--n", type=int, default=64, metavar="N", help="images shown (64)")
+    preview.add_argument(
+        "--n", type=POSITIVE_INT, default=64, metavar="N", help="images shown (64)"
+    )
     preview.add_argument(
         "--config",
         type=Path,

@@ -13,7 +13,7 @@ import argparse
 import sys
 import time
 
-from harness.cli import Command
+from harness.cli import POSITIVE_INT, Command
 from harness.errors import HarnessError
 
 DEFAULT_CATALOGUE = "encoders.yaml"
@@ -26,9 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check = actions.add_parser("check", help="build encoders and run them on generated images")
     check.add_argument("names", nargs="+", metavar="NAME", help="entry names or globs")
     check.add_argument("--random-weights", action="store_true", help="random init, no weights")
-    check.add_argument("--grid", type=int, default=16, help="token grid side (default 16)")
-    check.add_argument("--batch", type=int, default=4, help="images per forward (default 4)")
-    check.add_argument("--repeats", type=int, default=2, help="timed forwards (default 2)")
+    check.add_argument("--grid", type=POSITIVE_INT, default=16, help="token grid side (default 16)")
+    check.add_argument(
+        "--batch", type=POSITIVE_INT, default=4, help="images per forward (default 4)"
+    )
+    check.add_argument("--repeats", type=POSITIVE_INT, default=2, help="timed forwards (default 2)")
     check.add_argument("--device", default="cpu", help="torch device (default cpu)")
     check.add_argument(
         "--dtype",

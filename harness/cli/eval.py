@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.cli import Command, add_trust_checkpoint_argument
+from harness.cli import NON_NEGATIVE_INT, POSITIVE_INT, Command, add_trust_checkpoint_argument
 from harness.errors import ArtifactError, StageError
 from harness.eval.commands import add_common_options
 
@@ -33,12 +33,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--num-samples",
-        type=int,
+        type=POSITIVE_INT,
         metavar="N",
         help="samples to generate (default: eval.num_samples = 50000)",
     )
     parser.add_argument(
-        "--step", type=int, metavar="N", help="checkpoint step in RUN_DIR (default: newest valid)"
+        "--step",
+        type=NON_NEGATIVE_INT,
+        metavar="N",
+        help="checkpoint step in RUN_DIR (default: newest valid)",
     )
     parser.add_argument(
         "--reference",

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.cli import Command
+from harness.cli import POSITIVE_INT, Command
 from harness.eval.commands import add_common_options
 
 if TYPE_CHECKING:
@@ -33,7 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--split", choices=("train", "val"), help="dataset split (default: eval.reference.split)"
     )
     parser.add_argument(
-        "--num-images", type=int, metavar="N", help="images for mu/sigma (default: whole split)"
+        "--num-images",
+        type=POSITIVE_INT,
+        metavar="N",
+        help="images for mu/sigma (default: whole split)",
     )
     parser.add_argument(
         "--out", metavar="DIR", help="artifact directory (default: results/stages/fid_ref/<key>)"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from harness.cli import Command
+from harness.cli import NON_NEGATIVE_FLOAT, Command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--wait",
-        type=float,
+        type=NON_NEGATIVE_FLOAT,
         default=None,
         metavar="SECONDS",
         help="how long to wait while another ingest or a reader holds the database "

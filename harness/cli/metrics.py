@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from harness.cli import Command
+from harness.cli import NON_NEGATIVE_INT, POSITIVE_INT, Command
 from harness.errors import HarnessError
 
 
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--data-resolution",
-        type=int,
+        type=POSITIVE_INT,
         default=64,
         metavar="PX",
         help="generated dataset image side (default 64)",
@@ -37,15 +37,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--mask-root", metavar="DIR", help="foreground masks for --data-root")
     parser.add_argument(
-        "--images", type=int, default=10_000, help="images per encoder (default 10000)"
+        "--images", type=POSITIVE_INT, default=10_000, help="images per encoder (default 10000)"
     )
-    parser.add_argument("--grid", type=int, help="token grid side (default: resolution / 16)")
     parser.add_argument(
-        "--batch-size", type=int, default=32, help="images per forward (default 32)"
+        "--grid", type=POSITIVE_INT, help="token grid side (default: resolution / 16)"
+    )
+    parser.add_argument(
+        "--batch-size", type=POSITIVE_INT, default=32, help="images per forward (default 32)"
     )
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (default 0)")
+    parser.add_argument(
+        "--workers", type=NON_NEGATIVE_INT, default=0, help="DataLoader workers (default 0)"
+    )
     parser.add_argument("--random-weights", action="store_true", help="random init, no weights")
     parser.add_argument("--out", metavar="DIR", help="results root (default --results)")
     parser.add_argument("--force", action="store_true", help="recompute finished measurements")

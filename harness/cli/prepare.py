@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from harness.cli import Command
+from harness.cli import POSITIVE_INT, Command
 from harness.cli.train import add_device_argument, add_run_config_arguments
 
 
@@ -25,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--split", choices=("train", "val"), default="train", help="split to encode"
     )
-    parser.add_argument("--batch-size", type=int, default=64, help="images per VAE forward (64)")
+    parser.add_argument(
+        "--batch-size", type=POSITIVE_INT, default=64, help="images per VAE forward (64)"
+    )
     add_device_argument(parser)
 
 

@@ -12,7 +12,13 @@ import argparse
 import time
 from pathlib import Path
 
-from harness.cli import Command, add_trust_checkpoint_argument
+from harness.cli import (
+    NON_NEGATIVE_INT,
+    POSITIVE_INT,
+    Command,
+    add_trust_checkpoint_argument,
+    bounded,
+)
 from harness.eval.commands import add_common_options
 
 
@@ -28,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--grid",
-        type=int,
+        type=POSITIVE_INT,
         default=16,
         metavar="N",
         help="token grid N x N the encoders run at (default 16)",
@@ -39,13 +45,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="recompute encoders already probed")
     sit = parser.add_argument_group("SiT hidden states (instead of encoders)")
     sit.add_argument("--sit", metavar="CKPT|RUN_DIR", help="probe a trained SiT's hidden states")
-    sit.add_argument("--block", type=int, metavar="N", help="1-based block whose output is probed")
     sit.add_argument(
-        "--step", type=int, metavar="N", help="checkpoint step in RUN_DIR (default: newest)"
+        "--block", type=POSITIVE_INT, metavar="N", help="1-based block whose output is probed"
+    )
+    sit.add_argument(
+        "--step",
+        type=NON_NEGATIVE_INT,
+        metavar="N",
+        help="checkpoint step in RUN_DIR (default: newest)",
     )
     sit.add_argument(
         "--noise-t",
-        type=float,
+        type=bounded(float, ge=0, lt=1),
         default=0.0,
         metavar="T",
         help="input noise level t in [0, 1) (default 0: clean)",

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from harness.cli import Command
+from harness.cli import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, Command
 from harness.errors import HarnessError
 
 FORMATS = (
@@ -29,14 +29,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-rows",
-        type=int,
+        type=NON_NEGATIVE_INT,
         default=100,
         metavar="N",
         help="rows a table shows (default 100; 0 = all; csv and json give all rows)",
     )
     parser.add_argument(
         "--wait",
-        type=float,
+        type=NON_NEGATIVE_FLOAT,
         default=None,
         metavar="SECONDS",
         help="how long to wait while an ingest holds the database (default: $HARNESS_DB_WAIT or 60)",

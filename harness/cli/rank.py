@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness.cli import Command, add_overrides_argument
+from harness.cli import NON_NEGATIVE_INT, Command, add_overrides_argument, bounded
 
 PUBLISHED = "published"
 MEASURE_STAGES = ("spatial", "probe")
@@ -56,9 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--model", metavar="NAME", help="the SiT size of the FIDs (e.g. SiT-B/2)")
     parser.add_argument("--method", metavar="NAME", help="the alignment method (repa, irepa)")
-    parser.add_argument("--step", type=int, metavar="N", help="the training step of the FIDs")
     parser.add_argument(
-        "--cfg", type=float, metavar="SCALE", help="published tables: the CFG scale (1 = none)"
+        "--step", type=NON_NEGATIVE_INT, metavar="N", help="the training step of the FIDs"
+    )
+    parser.add_argument(
+        "--cfg",
+        type=bounded(float, gt=0),
+        metavar="SCALE",
+        help="published tables: the CFG scale (1 = none)",
     )
     parser.add_argument(
         "--paper", metavar="TEXT", help="published tables: only papers whose name contains TEXT"
@@ -68,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--level",
-        type=float,
+        type=bounded(float, gt=0, lt=1),
         default=0.9,
         help="nominal coverage of the prediction intervals (default 0.9)",
     )
@@ -95,12 +100,9 @@ def run(args: argparse.Namespace) -> int:
     from harness.cli.status import ingest_quietly
     from harness.config.encoders import load_catalogue
     from harness.config.sweep import load_sweep
-    from harness.errors import ConfigError
     from harness.paths import results_root
     from harness.plan import resolve_encoders
 
-    if not 0.0 < args.level < 1.0:
-        raise ConfigError(f"--level {args.level}: must lie strictly between 0 and 1")
     catalogue = load_catalogue(args.catalogue)
     patterns = [p.strip() for p in args.encoders.split(",") if p.strip()]
     candidates = resolve_encoders(catalogue, patterns)

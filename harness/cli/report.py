@@ -15,14 +15,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from harness.cli import Command
+from harness.cli import NON_NEGATIVE_INT, POSITIVE_INT, Command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR", help="output folder (default: <results>/report)")
     parser.add_argument("--sweep", metavar="NAME", help="report one sweep only (default: all)")
     parser.add_argument(
-        "--step", type=int, metavar="N", help="eval step to correlate (default: best covered)"
+        "--step",
+        type=NON_NEGATIVE_INT,
+        metavar="N",
+        help="eval step to correlate (default: best covered)",
     )
     parser.add_argument(
         "--against-published",
@@ -30,9 +33,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="no training needed: correlate encoder metrics measured here with published FIDs",
     )
     parser.add_argument(
-        "--n-boot", type=int, default=2000, metavar="B", help="bootstrap resamples (default 2000)"
+        "--n-boot",
+        type=POSITIVE_INT,
+        default=2000,
+        metavar="B",
+        help="bootstrap resamples (default 2000)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument(
+        "--seed", type=NON_NEGATIVE_INT, default=0, help="bootstrap seed (default 0)"
+    )
     parser.add_argument(
         "--no-ingest", action="store_true", help="report the database as it is, without ingesting"
     )

@@ -17,18 +17,23 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from harness.cli import Command, add_trust_checkpoint_argument
+from harness.cli import NON_NEGATIVE_INT, POSITIVE_INT, Command, add_trust_checkpoint_argument
 from harness.cli.train import add_device_argument
 from harness.config.sampler import SamplerConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="CKPT", help="a checkpoints/step_*.pt file")
-    parser.add_argument("--n", type=int, default=64, help="number of images (default 64)")
+    parser.add_argument("--n", type=POSITIVE_INT, default=64, help="number of images (default 64)")
     parser.add_argument("--out", required=True, metavar="FILE", help="grid .png or samples .npz")
-    parser.add_argument("--seed", type=int, default=0, help="seed of sample 0 (default 0)")
     parser.add_argument(
-        "--label", type=int, metavar="K", help="class of every sample (default: i mod classes)"
+        "--seed", type=NON_NEGATIVE_INT, default=0, help="seed of sample 0 (default 0)"
+    )
+    parser.add_argument(
+        "--label",
+        type=NON_NEGATIVE_INT,
+        metavar="K",
+        help="class of every sample (default: i mod classes)",
     )
     add_device_argument(parser)
     add_trust_checkpoint_argument(parser)

@@ -4,7 +4,7 @@ Examples::
 
     harness sweep encoders.yaml --dry-run                       # the default sweep's plan
     harness sweep encoders.yaml --sweep sweeps/tiny.yaml --executor local
-    harness sweep encoders.yaml --sweep sweeps/irepa-sitxl-100k.yaml --encoders dinov2-b,pe-g
+    harness sweep encoders.yaml --sweep sweeps/irepa-sitxl-100k.yaml --encoders 'dinov2-*'
     harness sweep encoders.yaml --sweep sweeps/tiny.yaml --set train.steps=20 --wait
     harness sweep encoders.yaml --sweep sweeps/tiny.yaml --retry-failed
 
@@ -35,7 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--sweep", metavar="FILE", help=f"sweep file (default: {DEFAULT_SWEEP}, the paper protocol)"
     )
     add_overrides_argument(parser, what="a sweep setting")
-    parser.add_argument("--encoders", metavar="A,B", help="only these encoders (names or globs)")
+    parser.add_argument(
+        "--encoders",
+        metavar="A,B",
+        help="only these of the sweep's encoders (names or globs; they pick from the sweep's "
+        "encoders: list, or from the catalogue when the sweep file has none)",
+    )
     parser.add_argument(
         "--only",
         metavar="STAGE[,STAGE]",
@@ -69,14 +74,13 @@ def default_sweep_path() -> Path:
 def load_inputs(args: argparse.Namespace) -> tuple[Any, Any]:
     """The catalogue and the sweep (with ``--set`` and ``--encoders`` applied)."""
     from harness.config.encoders import load_catalogue
-    from harness.config.sweep import load_sweep
+    from harness.config.sweep import load_sweep, only_encoders
 
     catalogue = load_catalogue(args.catalogue)
-    overrides = list(args.overrides)
+    sweep = load_sweep(args.sweep or default_sweep_path(), args.overrides, catalogue)
     if args.encoders:
-        names = [n.strip() for n in args.encoders.split(",") if n.strip()]
-        overrides.append("encoders=[" + ", ".join(f"'{n}'" for n in names) + "]")
-    sweep = load_sweep(args.sweep or default_sweep_path(), overrides)
+        patterns = [n.strip() for n in args.encoders.split(",") if n.strip()]
+        sweep = only_encoders(sweep, catalogue, patterns)
     return catalogue, sweep
 
 

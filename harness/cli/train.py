@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness.cli import Command, add_overrides_argument, add_trust_checkpoint_argument
+from harness.cli import POSITIVE_INT, Command, add_overrides_argument, add_trust_checkpoint_argument
 
 
 def add_run_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="encoder catalogue (encoders.yaml); needed by repa/irepa",
     )
     parser.add_argument(
-        "--stop-after", type=int, metavar="STEP", help="checkpoint and stop after this step"
+        "--stop-after",
+        type=POSITIVE_INT,
+        metavar="STEP",
+        help="checkpoint and stop after this step",
     )
     add_trust_checkpoint_argument(parser)
 

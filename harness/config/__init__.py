@@ -6,7 +6,7 @@ Three kinds of YAML file, told apart by their top-level keys:
 * run (``harness train CONFIG``): has ``encoder:`` or ``method:`` at the top level;
 * sweep (``sweeps/*.yaml``): everything else.
 
-``load_config(path, overrides)`` validates any of them; ``harness validate`` uses it.
+``load_config(path, overrides)`` validates any of them (``config_from_doc`` a parsed one).
 """
 
 from __future__ import annotations
@@ -38,7 +38,10 @@ def detect_kind(doc: YamlDoc) -> str:
 
 def load_config(path: str | Path, overrides: Sequence[str] = (), kind: str | None = None) -> Any:
     """Load and validate any harness YAML file; raises ConfigError with file:line on problems."""
-    doc = load_yaml(path)
-    kind = kind or detect_kind(doc)
-    module_name, _, func = LOADERS[kind].partition(":")
+    return config_from_doc(load_yaml(path), overrides, kind)
+
+
+def config_from_doc(doc: YamlDoc, overrides: Sequence[str] = (), kind: str | None = None) -> Any:
+    """Validate a parsed harness YAML file of ``kind`` (detected when None)."""
+    module_name, _, func = LOADERS[kind or detect_kind(doc)].partition(":")
     return getattr(importlib.import_module(module_name), func)(doc, overrides)

@@ -103,7 +103,11 @@ class YamlDoc:
         return None
 
     def where(self, key_path: KeyPath) -> str:
+        """``file:line`` of ``key_path`` (or of its nearest parent); ``file (--set)`` for a value
+        given on the command line."""
         line = self.line_of(key_path)
+        if line == 0:
+            return f"{self.path} (--set)"
         return f"{self.path}:{line}" if line is not None else self.path
 
 
@@ -113,7 +117,7 @@ def _construct(node: yaml.Node, loader: _Loader, doc: YamlDoc, key_path: KeyPath
     if loader.over_budget(1):
         top = key_path[:1]
         raise ConfigError(
-            _too_many_nodes(f"{doc.where(top)}: {_dotted(top) or '<top>'}"),
+            _too_many_nodes(f"{doc.where(top)}: {dotted(top) or '<top>'}"),
             hint="config files are small: write the values out instead of nesting aliases",
         )
     doc.lines.setdefault(key_path, node.start_mark.line + 1)
@@ -130,7 +134,7 @@ def _construct(node: yaml.Node, loader: _Loader, doc: YamlDoc, key_path: KeyPath
             if key in out:
                 raise ConfigError(
                     f"{doc.path}:{key_node.start_mark.line + 1}: "
-                    f"{_dotted((*key_path, key))}: duplicate key"
+                    f"{dotted((*key_path, key))}: duplicate key"
                 )
             doc.lines[(*key_path, key)] = key_node.start_mark.line + 1
             out[key] = _construct(value_node, loader, doc, (*key_path, key))
@@ -236,7 +240,7 @@ def apply_overrides(doc: YamlDoc, overrides: Iterable[str]) -> None:
                 node = node[part]
                 continue
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {text!r}: {_dotted(key_path)} is not a mapping here")
+                raise ConfigError(f"--set {text!r}: {dotted(key_path)} is not a mapping here")
             node = node.setdefault(part, {})
         last = key_path[-1]
         if (isinstance(node, list) and isinstance(last, int) and last < len(node)) or isinstance(
@@ -244,7 +248,7 @@ def apply_overrides(doc: YamlDoc, overrides: Iterable[str]) -> None:
         ):
             node[last] = value
         else:
-            raise ConfigError(f"--set {text!r}: {_dotted(key_path)} is not a mapping here")
+            raise ConfigError(f"--set {text!r}: {dotted(key_path)} is not a mapping here")
         doc.lines[key_path] = 0  # line 0 marks "from the command line"
 
 
@@ -268,15 +272,8 @@ def render_errors(model: type[BaseModel], doc: YamlDoc, exc: ValidationError) ->
         loc = tuple(p for p in loc if p not in ("function-after", "function-before"))
         if err["type"] == "value_error" and (named := _NAMED_KEY.match(_value_error_text(err))):
             loc = (*loc, *named.group(1).split("."))
-        lines.append(f"{_where(doc, loc)}: {_dotted(loc) or '<top>'}: {_message(model, err, loc)}")
+        lines.append(f"{doc.where(loc)}: {dotted(loc) or '<top>'}: {_message(model, err, loc)}")
     return "\n".join(dict.fromkeys(lines))
-
-
-def _where(doc: YamlDoc, loc: KeyPath) -> str:
-    line = doc.line_of(loc)
-    if line == 0:
-        return f"{doc.path} (--set)"
-    return f"{doc.path}:{line}" if line is not None else doc.path
 
 
 def _message(model: type[BaseModel], err: dict[str, Any], loc: KeyPath) -> str:
@@ -337,7 +334,8 @@ def _inner_model(annotation: Any) -> Any:
     return None
 
 
-def _dotted(loc: KeyPath) -> str:
+def dotted(loc: KeyPath) -> str:
+    """``("train", "lr")`` → ``train.lr``; ``("encoders", 1)`` → ``encoders[1]``."""
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))

@@ -9,7 +9,7 @@ that resolve the same hash the same (:func:`run_id`).
 Example run config (``harness train run.yaml``)::
 
     method: irepa
-    encoder: dinov2-b
+    encoder: dinov2-vit-b
     data: {source: folder, root: /datasets/imagenet, resolution: 256}
     model: {name: SiT-XL/2}
     train: {steps: 100000}

@@ -24,19 +24,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from harness.config.base import Config
 from harness.config.data import DataConfig
 from harness.config.eval import EvalConfig, ProbeConfig
-from harness.config.loader import YamlDoc, load_yaml, validate
+from harness.config.loader import YamlDoc, dotted, load_yaml, validate
 from harness.config.metrics import SpatialConfig
 from harness.config.model import SIT_ARCHS, ModelConfig, check_name
 from harness.config.resources import Resources
 from harness.config.train import METHODS, AlignConfig, TrainConfig
-from harness.errors import did_you_mean, format_allowed
+from harness.errors import ConfigError, did_you_mean, format_allowed
 
 ENCODER_SELECTORS = ("all", "irepa27")
 BASELINE_METHOD = "none"
@@ -154,7 +154,7 @@ class SweepConfig(Config):
         late = [s for s in self.eval.at_steps if not 1 <= s <= self.train.steps]
         if late:
             raise ValueError(
-                f"eval.at_steps {late} are outside 1..train.steps ({self.train.steps}); "
+                f"@eval.at_steps: {late} are outside 1..train.steps ({self.train.steps}); "
                 "evaluate at steps the training reaches"
             )
         return self
@@ -197,14 +197,90 @@ class SweepConfig(Config):
         return [self.encoders] if isinstance(self.encoders, str) else list(self.encoders)
 
 
-def sweep_from_doc(doc: YamlDoc, overrides: Sequence[str] = ()) -> SweepConfig:
-    """Validate a parsed sweep YAML (plus ``--set`` overrides); ``name`` defaults to the file
-    stem (``sweeps/tiny.yaml`` → ``tiny``)."""
+# ---------------------------------------------------------------------------------------------
+# Encoder selectors against the catalogue
+# ---------------------------------------------------------------------------------------------
+def selected(catalogue: Any, selector: str) -> list[str]:
+    """The catalogue names one selector picks (``all``, ``irepa27``, a name or a glob), in
+    catalogue order; [] when it picks none."""
+    if selector == "all":
+        return list(catalogue.names())
+    if selector == "irepa27":
+        return [spec.name for spec in catalogue.encoders if spec.irepa27]
+    if any(ch in selector for ch in "*?["):
+        return list(catalogue.names(selector))
+    return [selector] if selector in catalogue.names() else []
+
+
+def no_match(catalogue: Any, selector: str) -> str:
+    """Why ``selector`` picks no catalogue entry, with a suggestion and the allowed values."""
+    names = list(catalogue.names())
+    what = "matches no entry of" if any(ch in selector for ch in "*?[") else "is not in"
+    return (
+        f"{selector!r} {what} the catalogue{did_you_mean(selector, names)}; allowed: "
+        f"{', '.join(ENCODER_SELECTORS)}, a glob, or a name: {format_allowed(names, limit=100)}"
+    )
+
+
+def check_encoders(sweep: SweepConfig, doc: YamlDoc, catalogue: Any) -> None:
+    """Every encoder selector of the sweep file picks a catalogue entry; else one ConfigError
+    with ``file:line: encoders[i]: ...`` per selector that picks none."""
+    listed = isinstance(sweep.encoders, list)
+    problems = []
+    for i, selector in enumerate(sweep.encoder_selectors):
+        if not selected(catalogue, selector):
+            key = ("encoders", i) if listed else ("encoders",)
+            problems.append(f"{doc.where(key)}: {dotted(key)}: {no_match(catalogue, selector)}")
+    if problems:
+        raise ConfigError("\n".join(problems), hint="see `harness encoders list`")
+
+
+def only_encoders(sweep: SweepConfig, catalogue: Any, patterns: Sequence[str]) -> SweepConfig:
+    """``sweep`` restricted to the encoders that ``patterns`` (``--encoders``) pick from its own
+    ``encoders:`` list (from the catalogue when the sweep file has none); the noise-floor
+    repeats keep only the chosen encoders. A pattern that picks none is a ConfigError naming
+    the sweep's encoders."""
+    from harness.plan import resolve_encoders
+
+    own = "encoders" in sweep.model_fields_set
+    pool = resolve_encoders(catalogue, sweep.encoder_selectors if own else ["all"])
+    chosen: list[str] = []
+    for pattern in patterns:
+        picked = selected(catalogue, pattern)
+        matches = [name for name in pool if name in picked]
+        if not matches:
+            if not own:
+                raise ConfigError(f"--encoders: {no_match(catalogue, pattern)}")
+            raise ConfigError(
+                f"--encoders {pattern!r}: selects none of sweep {sweep.name}'s encoders"
+                f"{did_you_mean(pattern, pool)}; allowed: {', '.join(pool)}",
+                hint="--encoders picks from the sweep's own encoders: list; "
+                "to run other encoders, edit that list (or --set encoders=[...])",
+            )
+        chosen.extend(m for m in matches if m not in chosen)
+    floor = sweep.noise_floor.model_copy(
+        update={"encoders": [e for e in sweep.noise_floor.encoders if e in chosen]}
+    )
+    return sweep.model_copy(update={"encoders": chosen, "noise_floor": floor})
+
+
+def sweep_from_doc(
+    doc: YamlDoc, overrides: Sequence[str] = (), catalogue: Any = None
+) -> SweepConfig:
+    """Validate a parsed sweep YAML (plus ``--set`` overrides), and its encoders against
+    ``catalogue`` when given; ``name`` defaults to the file stem (``sweeps/tiny.yaml`` →
+    ``tiny``)."""
     if isinstance(doc.data, dict) and "name" not in doc.data and doc.path.endswith(".yaml"):
         doc.data["name"] = Path(doc.path).stem
-    return validate(SweepConfig, doc, overrides)
+    sweep = validate(SweepConfig, doc, overrides)
+    if catalogue is not None:
+        check_encoders(sweep, doc, catalogue)
+    return sweep
 
 
-def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> SweepConfig:
-    """Load and validate a sweep file; raises ConfigError with file:line on problems."""
-    return sweep_from_doc(load_yaml(path), overrides)
+def load_sweep(
+    path: str | Path, overrides: Sequence[str] = (), catalogue: Any = None
+) -> SweepConfig:
+    """Load and validate a sweep file (its encoders against ``catalogue`` when given); raises
+    ConfigError with file:line on problems."""
+    return sweep_from_doc(load_yaml(path), overrides, catalogue)

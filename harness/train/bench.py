@@ -103,6 +103,7 @@ def bench_setup(
 
     Raises:
         ConfigError: invalid settings, or a catalogue encoder without ``catalogue``.
+        RegistryError: an encoder name that is not in the catalogue.
     """
     from harness.config import load_config
     from harness.errors import ConfigError
@@ -130,7 +131,11 @@ def bench_setup(
         return run, None, [PatchEncoder(run.model.grid, dim=768)]
     if encoder and not catalogue:
         raise ConfigError(f"encoder {encoder!r}: pass the catalogue (encoders.yaml) or use 'toy'")
-    return run, load_config(catalogue, kind="catalogue") if encoder else None, None
+    if not encoder:
+        return run, None, None
+    entries = load_config(catalogue, kind="catalogue")
+    entries.get(encoder)  # an unknown name fails here (did you mean ...), before any building
+    return run, entries, None
 
 
 def bench_train(
