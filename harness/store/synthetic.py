@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.artifacts import write_result
+from harness.config.model import sit_arch
 from harness.io import content_hash, write_json, write_text
 from harness.paths import plan_dir, stage_dir
 from harness.store.published import PUBLISHED_CSV, read_published
@@ -53,6 +54,7 @@ EVAL_VALUES = {  # what every synthetic evaluation reports besides its FID
     "recall": 0.4,
 }
 EVAL_METRICS = ("fid", *EVAL_VALUES)  # the metrics keys of an eval payload
+GRID = 4  # side of the token grid of every run and every encoder measurement
 DATA = {  # the generated dataset every synthetic stage uses (one data_key)
     "source": "generated",
     "resolution": 32,
@@ -326,7 +328,12 @@ class _Builder:
         self.manifest.encoder_metrics[name] = {
             m: None if m in unmeasured else values[m] for m in ENCODER_METRICS
         }
-        common = {"encoder": name, "encoder_spec": self._spec(name), "data": DATA, "grid": [4, 4]}
+        common = {
+            "encoder": name,
+            "encoder_spec": self._spec(name),
+            "data": DATA,
+            "grid": [GRID, GRID],
+        }
         keys = []
         measured = [m for m in METRICS if m not in unmeasured]
         if measured:
@@ -347,7 +354,7 @@ class _Builder:
                 "encoder": name,
                 "dataset": DATA,
                 "n_images": study.per_image,
-                "grid": [4, 4],
+                "grid": [GRID, GRID],
                 "metrics": {
                     m: {"mean": values[m], "std": 0.01, "n": study.per_image} for m in measured
                 },
@@ -397,7 +404,8 @@ class _Builder:
             "data": DATA,
             "encoder": encoder,
             "method": method,
-            "model": {"name": model},
+            # the input side that gives the measured 4x4 token grid (runs.grid)
+            "model": {"name": model, "input_size": GRID * sit_arch(model).patch},
             "seed": seed,
             "train": {"steps": target},
         }
