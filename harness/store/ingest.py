@@ -337,7 +337,16 @@ def _apply(
 
 def _complete_runs(con: duckdb.DuckDBPyConnection) -> None:
     """Fill ``runs.grid`` (by :func:`sources.run_grid`, the Python definition of a run's token
-    grid, which SQL does not repeat) and ``runs.random_weights`` from each run's config."""
+    grid, which SQL does not repeat) and ``runs.random_weights`` from each run's config
+    (schema v5 on; nothing to fill before it)."""
+    present = {
+        name
+        for (name,) in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'runs'"
+        ).fetchall()
+    }
+    if not {"grid", "random_weights"} <= present:
+        return
     keys, grids = [], []
     for run_id, config in con.execute("SELECT run_id, config FROM runs").fetchall():
         grid = sources.run_grid(json.loads(config) if config else None)

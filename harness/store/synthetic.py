@@ -126,6 +126,7 @@ class SyntheticStudy:
     unmeasured: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # encoder -> published_name (None: the papers do not have it); default Synthetic-<index>
     published_names: Mapping[str, str | None] = field(default_factory=dict)
+    random_weights: tuple[str, ...] = ()  # encoders measured with random weights (recorded)
     eval_metrics: tuple[str, ...] = EVAL_METRICS  # metrics every evaluation reports
     # (runs, protocol fields): the selected runs' evaluations use these fields (applied in order)
     protocols: tuple[tuple[Runs, Mapping[str, Any]], ...] = ()
@@ -135,7 +136,7 @@ class SyntheticStudy:
     def __post_init__(self) -> None:
         """Refuse knobs that name an unknown encoder or metric (a typo would go unnoticed)."""
         encoders = set(self.encoders)
-        for knob in ("encoder_values", "unmeasured", "published_names"):
+        for knob in ("encoder_values", "unmeasured", "published_names", "random_weights"):
             if unknown := set(getattr(self, knob)) - encoders:
                 raise ValueError(f"{knob}: unknown encoder(s) {sorted(unknown)}")
         named = [*self.unmeasured.values(), *self.encoder_values.values(), [self.fid.metric]]
@@ -335,6 +336,8 @@ class _Builder:
             "grid": [GRID, GRID],
         }
         keys = []
+        # as the spatial / probe stages record it (absent: the generator's default payloads)
+        random = {"random_weights": True} if name in study.random_weights else {}
         measured = [m for m in METRICS if m not in unmeasured]
         if measured:
             config = {**common, "spatial": {"far_dist": 6, "dmax": 8}}
@@ -359,6 +362,7 @@ class _Builder:
                     m: {"mean": values[m], "std": 0.01, "n": study.per_image} for m in measured
                 },
                 "params": {"far_dist": 6, "dmax": 8},
+                **random,
             }
             self.add(
                 _Stage("spatial", key, {"encoder": name}, config, [], payload, extra=per_image)
@@ -382,6 +386,7 @@ class _Builder:
                 "n_val": 32,
                 "subset_per_class": None,
                 "features_key": content_hash(["features", name]),
+                **random,
             }
             self.add(_Stage("probe", key, {"encoder": name}, config, [], payload))
             keys.append(key)
