@@ -192,6 +192,45 @@ def test_eval_payload_records_metrics_and_full_protocol(
     assert len(list((out / "samples").glob("*.npz"))) == 5
 
 
+def test_evals_differing_only_in_sampler_precision_are_two_protocols(
+    results_root: Path, reference: Path
+) -> None:
+    from harness.artifacts import write_result
+    from harness.paths import stage_dir
+    from harness.store.db import open_readonly
+    from harness.store.ingest import ingest
+
+    write_result(  # the run the evaluations belong to (v_study lists runs)
+        stage_dir(results_root, "train", "t1"),
+        stage="train",
+        key="t1",
+        config={},
+        payload={"run_id": "toy-run"},
+    )
+    protocols = {}
+    for precision in ("fp32", "bf16"):
+        cfg = eval_config(sampler={"batch_size": 10, "precision": precision})
+        key = f"e-{precision}"
+        out = stage_dir(results_root, "eval", key)
+        payload = evaluate_checkpoint(
+            "toy.pt", cfg, out, reference_dir=reference, step=300, source=toy_source()
+        )
+        write_result(out, stage="eval", key=key, config={"eval": cfg.to_dict()}, payload=payload)
+        protocols[precision] = payload["protocol"]
+    differ = {k for k in protocols["fp32"] if protocols["fp32"][k] != protocols["bf16"][k]}
+    assert differ == {"precision"}  # the toy source ignores it: the metrics are identical too
+    assert protocols["fp32"]["to_uint8"] == "truncate" and protocols["fp32"]["class_balanced"]
+    assert ingest(results_root).skipped == []
+    with open_readonly(results_root) as con:
+        rows = con.execute(
+            "SELECT sampler_precision, protocol_key, fid FROM v_study ORDER BY 1"
+        ).fetchall()
+        evaluations = con.execute("SELECT count(DISTINCT protocol_key) FROM evaluations").fetchone()
+    assert [r[0] for r in rows] == ["bf16", "fp32"] and rows[0][1] != rows[1][1]
+    assert rows[0][2] == rows[1][2]  # same FID: only the protocol record tells them apart
+    assert evaluations == (2,)
+
+
 def test_better_samples_get_a_lower_fd(results_root: Path, reference: Path) -> None:
     good = evaluate_checkpoint(
         "g.pt",

@@ -502,6 +502,30 @@ def test_against_published_correlates_encoder_metrics_with_paper_fids(tmp_path: 
         _report(tmp_path / "b", against_published=True)
 
 
+def test_against_published_refuses_random_weight_measurements(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    names = _names([name for name, _ in list(B2_REPA_400K.items())[:12]])
+    encoders = tuple(names)
+    _study(tmp_path / "all", n_encoders=12, models=(), published_names=names,
+           random_weights=encoders)  # fmt: skip
+    argv = ["report", "--results", str(tmp_path / "all"), "--no-ingest", "--against-published"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "random weights" in err and all(e in err for e in encoders)
+    assert not (tmp_path / "all" / "report").exists()
+
+    left_out = encoders[:3]  # a mixed dir: only the real-weight encoders are compared
+    _study(tmp_path / "mixed", n_encoders=12, models=(), published_names=names,
+           random_weights=left_out)  # fmt: skip
+    files = _report(tmp_path / "mixed", against_published=True, min_published_matches=9)
+    corr = pd.read_csv(tmp_path / "mixed" / "report" / "tables" / "correlations.csv")
+    assert (corr.n == 9).all() and len(corr)  # 12 measured, 3 with random weights left out
+    (warning,) = [w for w in files.warnings if "random weights" in w]
+    assert all(e in warning for e in left_out)
+    assert not any(e in warning for e in encoders[3:])
+
+
 def test_reproduction_pairs_match_on_every_setting(tmp_path: Path) -> None:
     names = _names(list(B2_REPA_400K)[:5])
     knobs = {"n_encoders": 5, "models": ("SiT-B/2",), "eval_steps": (100_000, 400_000)}

@@ -173,3 +173,85 @@ def test_sample_images_pixel_and_latent_space() -> None:
         sample_images(
             model, run, torch.tensor([0]), torch.arange(1), SamplerConfig(cfg_scale=2.0), "cpu"
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# NFE: the network evaluations the sampler really makes, per sample
+# ---------------------------------------------------------------------------------------------
+class CountingVelocity(torch.nn.Module):
+    """Zero velocity that counts the network evaluations it serves (batch rows per call)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows = 0
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.rows += x.shape[0]
+        return torch.zeros_like(x)
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"mode": "ode", "num_steps": 10}, 10),
+        ({"mode": "sde", "num_steps": 12}, 12),
+        ({"mode": "ode", "num_steps": 10, "cfg_scale": 3.0}, 20),  # every step guided
+        # t = 1, 0.9, ..., 0.1 (the ODE evaluates no step at 0): 0.4 ... 0.1 are guided
+        ({"mode": "ode", "num_steps": 10, "cfg_scale": 3.0, "guidance_high": 0.45}, 14),
+        # SDE: t = linspace(1, 0.04, 25) = 1, 0.96, ..., 0.04: those <= 0.7 (0.68 ... 0.04,
+        # 17 of 25) cost two evaluations
+        ({"mode": "sde", "num_steps": 25, "cfg_scale": 1.8, "guidance_high": 0.7}, 42),
+        ({"mode": "sde", "num_steps": 25, "cfg_scale": 1.0, "guidance_high": 0.7}, 25),  # off
+    ],
+)
+def test_nfe_counts_the_models_real_evaluations(settings: dict, expected: int) -> None:
+    from harness.train.sampling import nfe
+
+    n = 3
+    sampler = SamplerConfig(batch_size=n, **settings)
+    model = CountingVelocity()
+    labels = torch.zeros(n, dtype=torch.long)
+    sample_latents(model, (1, 1, 1), labels, torch.arange(n), sampler, null_class=1, device="cpu")
+    assert model.rows == n * expected  # evaluations per sample, counted at the model
+    assert nfe(sampler) == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# uint8 conversion of generated images
+# ---------------------------------------------------------------------------------------------
+def test_model_to_pixels_truncates_as_the_official_generate_py_by_default() -> None:
+    from harness.train.data import model_to_pixels
+
+    # 255 (x + 1) / 2 = 0.6, 127.6, 254.9, 100.5: rounding and truncation differ on every one
+    levels = torch.tensor([0.6, 127.6, 254.9, 100.5])
+    x = (levels / 127.5 - 1.0).reshape(1, 1, 2, 2)
+    x = torch.cat([x, torch.tensor([-1.5, 1.5, -1.0, 1.0]).reshape(1, 1, 2, 2)], dim=1)  # clamps
+    official = torch.clamp(255 * (x + 1) / 2, 0, 255).to(torch.uint8)  # REPA / iREPA generate.py
+    assert torch.equal(model_to_pixels(x), official)
+    assert model_to_pixels(x)[0, 0].flatten().tolist() == [0, 127, 254, 100]
+    rounded = model_to_pixels(x, "round")
+    assert rounded[0, 0].flatten().tolist() == [1, 128, 255, 100]  # 100.5 rounds half to even
+    assert rounded[0, 1].flatten().tolist() == official[0, 1].flatten().tolist() == [0, 255, 0, 255]
+    with pytest.raises(ValueError, match="to_uint8"):
+        model_to_pixels(x, "floor")  # type: ignore[arg-type]
+
+
+def test_sample_images_follow_the_samplers_uint8_conversion() -> None:
+    from harness.models.sit import SiT
+    from harness.train.data import model_to_pixels
+
+    run = _run("pixel")
+    torch.manual_seed(0)
+    model = SiT.from_config(run.model).eval()
+    labels, seeds = torch.tensor([0, 1]), torch.arange(2)
+    sampler = SamplerConfig(mode="ode", num_steps=2, batch_size=2)
+    z = sample_latents(model, (3, 16, 16), labels, seeds, sampler, null_class=4, device="cpu")
+    for mode in ("truncate", "round"):
+        chosen = sampler.model_copy(update={"to_uint8": mode})
+        images = sample_images(model, run, labels, seeds, chosen, "cpu")
+        assert torch.equal(images, model_to_pixels(z, mode))
+    truncated = sample_images(model, run, labels, seeds, sampler, "cpu")
+    rounded = sample_images(
+        model, run, labels, seeds, sampler.model_copy(update={"to_uint8": "round"}), "cpu"
+    )
+    assert not torch.equal(truncated, rounded)  # the option reaches the images

@@ -1,9 +1,11 @@
 """Evaluation configs: generation metrics (``EvalConfig``) and linear probing (``ProbeConfig``).
 
-Defaults are the papers' protocol (ADM suite as in REPA / iREPA): 50,000 class-balanced samples
-from the 250-step SDE sampler without CFG, FID from ``inception-v3-compat`` 2048-d pool features,
-IS, KID and precision/recall on the same features. Every field below is recorded with each
-result, so two FIDs are only comparable when their protocols are identical.
+Defaults are the papers' protocol (ADM suite as in REPA / iREPA): 50,000 samples from the
+250-step SDE sampler without CFG, turned into uint8 by truncation as the official ``generate.py``
+does, FID from ``inception-v3-compat`` 2048-d pool features, IS, KID and precision/recall on the
+same features. Labels are class-balanced by default; the official code draws them uniformly at
+random (``class_balanced: false``, as the paper presets set). Every field below is recorded with
+each result, so two FIDs are only comparable when their protocols are identical.
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ class EvalConfig(Config):
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)  # sampler protocol (recorded)
     vae: str | None = None  # latent models: decoder id (None = the VAE the run trained with)
     seed: int = Field(0, ge=0)  # sample i uses seed + i (independent of GPU count / batch size)
-    class_balanced: bool = True  # labels i % num_classes; False = seeded uniform labels
+    class_balanced: bool = True  # labels i % num_classes; False = seeded uniform (official code)
     shard_size: int = Field(1000, ge=1)  # samples per shard file (resume granularity)
     extractor: ExtractorName = "inception-v3-compat"  # feature extractor for fid/isc/kid/prc
     feature_layer: str | None = None  # FID/KID/PR layer (None = extractor default, e.g. "2048")

@@ -83,6 +83,13 @@ def sit_arch(name: str) -> SiTArch:
         ) from None
 
 
+def token_grid(name: str, input_size: int) -> tuple[int, int]:
+    """The token grid (h, w) of SiT preset ``name`` on a (input_size, input_size) input: the
+    one definition of a run's grid (the planner, the store's ``runs.grid``)."""
+    side = input_size // sit_arch(name).patch
+    return (side, side)
+
+
 class ModelConfig(Config):
     """The SiT network of a run. ``None`` fields are resolved from the data config (and recorded
     resolved in the run config): ``input_size`` = image side (pixel) or image side / 8 (latent),
@@ -110,8 +117,7 @@ class ModelConfig(Config):
         """The SiT token grid (h, w); needs a resolved ``input_size``."""
         if self.input_size is None:
             raise ValueError("model.input_size is not resolved yet")
-        side = self.input_size // self.arch.patch
-        return (side, side)
+        return token_grid(self.name, self.input_size)
 
     @property
     def out_channels(self) -> int:

@@ -259,11 +259,16 @@ def _protocol(
     """Everything that decides the numbers (two FIDs compare only when this is identical)."""
     import torch_fidelity
 
+    from harness.train.sampling import nfe
+
     sampler = cfg.sampler
     return {
         "num_samples": cfg.num_samples,
         "sampler": sampler.mode,
-        "nfe": sampler.num_steps,
+        "num_steps": sampler.num_steps,
+        "nfe": nfe(sampler),  # network evaluations per sample (2 per guided step)
+        "precision": sampler.precision,
+        "to_uint8": sampler.to_uint8,
         "cfg_scale": sampler.cfg_scale,
         "guidance_low": sampler.guidance_low,
         "guidance_high": sampler.guidance_high,

@@ -7,7 +7,8 @@ training steps and the CFG scale (``published.cfg`` 1.0 = no guidance).
 *Encoder-only study* (``harness report --against-published``): no training at all. The encoder
 metrics measured here (``spatial_metrics``, ``probes``) are correlated with the published
 gFIDs of the same encoders, one facet per published table (paper, model, method, steps, CFG),
-e.g. iREPA's SiT-B/2 table of 16 encoders at 400K steps.
+e.g. iREPA's SiT-B/2 table of 16 encoders at 400K steps. Measurements made with random weights
+are never part of it: the report names the encoders it leaves out for that reason.
 """
 
 from __future__ import annotations
@@ -144,6 +145,12 @@ def load_published_study(con: duckdb.DuckDBPyConnection, options: ReportOptions)
             hint="`harness ingest` loads the papers' numbers; run it, then retry",
         )
     warnings: list[str] = []
+    spatial, probes, left_out = _real_weights_only(spatial, probes)
+    if left_out:
+        warnings.append(
+            "left out: measured with random weights only, never compared with the papers: "
+            + ", ".join(left_out)
+        )
     metrics = _encoder_metrics(encoders, spatial, probes, warnings)
     measured = metrics.dropna(subset=["published_name"])
     if measured.empty:
@@ -180,9 +187,33 @@ def load_published_study(con: duckdb.DuckDBPyConnection, options: ReportOptions)
             "published_tables": list(facets.facet),
             "encoders": int(points.encoder.nunique()),
             "encoders_measured": len(metrics),
+            "encoders_random_weights": left_out,
         }
     )
     return study
+
+
+def _real_weights_only(
+    spatial: pd.DataFrame, probes: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """The real-weight measurements, and the encoders measured with random weights only.
+
+    Raises:
+        HarnessError: every measurement used random weights (nothing to compare with papers).
+    """
+    random = [t[t.random_weights.fillna(False).astype(bool)] for t in (spatial, probes)]
+    real = [t.drop(r.index) for t, r in zip((spatial, probes), random)]
+    kept = set(real[0].encoder.dropna()) | set(real[1].encoder.dropna())
+    left_out = sorted((set(random[0].encoder.dropna()) | set(random[1].encoder.dropna())) - kept)
+    if not kept:
+        raise HarnessError(
+            "every encoder measurement here was made with random weights "
+            f"({', '.join(left_out)}): random-weight encoders are never compared with the "
+            "papers' numbers",
+            hint="measure the encoders with their real weights (a sweep without "
+            "`random_weights: true`, or `harness metrics` without --random-weights), then ingest",
+        )
+    return real[0], real[1], left_out
 
 
 def _encoder_metrics(

@@ -102,12 +102,14 @@ READ_CONTRACT: dict[str, tuple[tuple[str, str], ...]] = {
         ("cds", "DOUBLE"),
         ("srss", "DOUBLE"),
         ("rmsc", "DOUBLE"),
+        ("random_weights", "BOOLEAN"),  # measured on a random-init encoder
     ),
     "probes": (
         ("encoder", "VARCHAR"),
         ("pooling", "VARCHAR"),
         ("top1", "DOUBLE"),
         ("top5", "DOUBLE"),
+        ("random_weights", "BOOLEAN"),
     ),
     "encoders": (
         ("name", "VARCHAR"),

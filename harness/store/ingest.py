@@ -94,6 +94,9 @@ SOURCE_TABLES: dict[str, tuple[tuple[str, str | None], ...]] = {
     sources.PREDICTIONS: (("predictions", "fit_id"), ("prediction_cv", "fit_id")),
 }
 READ_THREADS = 8  # parallel file reads (latency-bound on network filesystems)
+# a database of a schema older than this is rebuilt from the files: migration 005 changed the
+# params_key of spatial and probe rows (token grid, weights), which only re-parsing gives
+REPARSED_AT = 5
 
 
 @dataclass
@@ -194,8 +197,8 @@ def _ingest_existing(
     con = connect_readonly(db, wait=wait)
     try:
         version = schema_version(con)
-        if schema_changed(con):  # an edited schema: only a rebuild gives the shipped one
-            changes = None
+        if schema_changed(con) or 0 < version < REPARSED_AT <= latest_version():
+            changes = None  # an edited or re-keyed schema: only a rebuild gives the shipped one
         else:
             changes = _diff(found, _known(con) if version else {})
             if changes.empty and version == latest_version():
@@ -324,11 +327,41 @@ def _apply(
         for table in DERIVED_TABLES:
             con.execute(f"DELETE FROM {table}")
             con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM derive_{table}")
+        _complete_runs(con)
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
     return counts
+
+
+def _complete_runs(con: duckdb.DuckDBPyConnection) -> None:
+    """Fill ``runs.grid`` (by :func:`sources.run_grid`, the Python definition of a run's token
+    grid, which SQL does not repeat) and ``runs.random_weights`` from each run's config
+    (schema v5 on; nothing to fill before it)."""
+    present = {
+        name
+        for (name,) in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'runs'"
+        ).fetchall()
+    }
+    if not {"grid", "random_weights"} <= present:
+        return
+    keys, grids = [], []
+    for run_id, config in con.execute("SELECT run_id, config FROM runs").fetchall():
+        grid = sources.run_grid(json.loads(config) if config else None)
+        if grid is not None:
+            keys.append(run_id)
+            grids.append(grid)
+    if keys:
+        con.execute(
+            "UPDATE runs SET grid = g.grid FROM (SELECT unnest($keys) AS run_id, "
+            "unnest($grids) AS grid) g WHERE runs.run_id = g.run_id",
+            {"keys": keys, "grids": grids},
+        )
+    con.execute(
+        "UPDATE runs SET random_weights = TRY_CAST(config->>'$.run.random_weights' AS BOOLEAN)"
+    )
 
 
 def _load_sources(

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.artifacts import RESULT_FILE, RESULT_SCHEMA, STATUSES
-from harness.errors import ArtifactError
+from harness.errors import ArtifactError, HarnessError
 from harness.io import content_hash, read_jsonl
 from harness.store import published
 
@@ -139,13 +139,17 @@ def data_key(config: Any) -> str:
 def variant_key(stage: str, payload: dict[str, Any]) -> str:
     """What distinguishes two results of one subject besides the dataset.
 
-    eval: every protocol field (the ``protocol_key``); spatial: grid, image count and metric
-    parameters; probe: the probe's data sizes and learning-rate grid; other stages: ''.
+    eval: every protocol field (the ``protocol_key``); spatial: token grid, image count, split,
+    encoder dtype, metric parameters and the encoder's weights (random or which); probe: token
+    grid, data sizes, learning-rate grid, the probe protocol and the encoder's weights; other
+    stages: ''.
     """
     if stage == "eval":
         return content_hash(payload.get("protocol"))
+    weights = {k: payload.get(k) for k in ("random_weights", "weights_id")}
     if stage == "spatial":
-        return content_hash({k: payload.get(k) for k in ("grid", "n_images", "params")})
+        fields = ("grid", "n_images", "split", "dtype", "params")
+        return content_hash({**{k: payload.get(k) for k in fields}, **weights})
     if stage == "probe":
         grid = payload.get("grid")
         lrs = (
@@ -153,9 +157,27 @@ def variant_key(stage: str, payload: dict[str, Any]) -> str:
             if isinstance(grid, list)
             else None
         )
-        sizes = {k: payload.get(k) for k in ("n_train", "n_val", "subset_per_class")}
-        return content_hash({**sizes, "lrs": lrs})
+        fields = ("token_grid", "n_train", "n_val", "subset_per_class", "protocol")
+        return content_hash({**{k: payload.get(k) for k in fields}, "lrs": lrs, **weights})
     return ""
+
+
+def run_grid(config: Any) -> list[int] | None:
+    """The SiT token grid ``[h, w]`` of a train stage's config (``config.run.model``), by
+    :func:`harness.config.model.token_grid`; None when the config does not resolve it."""
+    from harness.config.model import token_grid
+
+    run = config.get("run") if isinstance(config, dict) else None
+    model = run.get("model") if isinstance(run, dict) else None
+    if not isinstance(model, dict):
+        return None
+    name, size = model.get("name"), model.get("input_size")
+    if not isinstance(name, str) or isinstance(size, bool) or not isinstance(size, int):
+        return None
+    try:
+        return list(token_grid(name, size))
+    except HarnessError:  # an unknown SiT preset
+        return None
 
 
 def parse_result(source: SourceFile, data: bytes) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.artifacts import write_result
+from harness.config.model import sit_arch
 from harness.io import content_hash, write_json, write_text
 from harness.paths import plan_dir, stage_dir
 from harness.store.published import PUBLISHED_CSV, read_published
@@ -53,6 +54,7 @@ EVAL_VALUES = {  # what every synthetic evaluation reports besides its FID
     "recall": 0.4,
 }
 EVAL_METRICS = ("fid", *EVAL_VALUES)  # the metrics keys of an eval payload
+GRID = 4  # side of the token grid of every run and every encoder measurement
 DATA = {  # the generated dataset every synthetic stage uses (one data_key)
     "source": "generated",
     "resolution": 32,
@@ -124,6 +126,7 @@ class SyntheticStudy:
     unmeasured: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # encoder -> published_name (None: the papers do not have it); default Synthetic-<index>
     published_names: Mapping[str, str | None] = field(default_factory=dict)
+    random_weights: tuple[str, ...] = ()  # encoders measured with random weights (recorded)
     eval_metrics: tuple[str, ...] = EVAL_METRICS  # metrics every evaluation reports
     # (runs, protocol fields): the selected runs' evaluations use these fields (applied in order)
     protocols: tuple[tuple[Runs, Mapping[str, Any]], ...] = ()
@@ -133,7 +136,7 @@ class SyntheticStudy:
     def __post_init__(self) -> None:
         """Refuse knobs that name an unknown encoder or metric (a typo would go unnoticed)."""
         encoders = set(self.encoders)
-        for knob in ("encoder_values", "unmeasured", "published_names"):
+        for knob in ("encoder_values", "unmeasured", "published_names", "random_weights"):
             if unknown := set(getattr(self, knob)) - encoders:
                 raise ValueError(f"{knob}: unknown encoder(s) {sorted(unknown)}")
         named = [*self.unmeasured.values(), *self.encoder_values.values(), [self.fid.metric]]
@@ -326,8 +329,15 @@ class _Builder:
         self.manifest.encoder_metrics[name] = {
             m: None if m in unmeasured else values[m] for m in ENCODER_METRICS
         }
-        common = {"encoder": name, "encoder_spec": self._spec(name), "data": DATA, "grid": [4, 4]}
+        common = {
+            "encoder": name,
+            "encoder_spec": self._spec(name),
+            "data": DATA,
+            "grid": [GRID, GRID],
+        }
         keys = []
+        # as the spatial / probe stages record it (absent: the generator's default payloads)
+        random = {"random_weights": True} if name in study.random_weights else {}
         measured = [m for m in METRICS if m not in unmeasured]
         if measured:
             config = {**common, "spatial": {"far_dist": 6, "dmax": 8}}
@@ -347,11 +357,12 @@ class _Builder:
                 "encoder": name,
                 "dataset": DATA,
                 "n_images": study.per_image,
-                "grid": [4, 4],
+                "grid": [GRID, GRID],
                 "metrics": {
                     m: {"mean": values[m], "std": 0.01, "n": study.per_image} for m in measured
                 },
                 "params": {"far_dist": 6, "dmax": 8},
+                **random,
             }
             self.add(
                 _Stage("spatial", key, {"encoder": name}, config, [], payload, extra=per_image)
@@ -375,6 +386,7 @@ class _Builder:
                 "n_val": 32,
                 "subset_per_class": None,
                 "features_key": content_hash(["features", name]),
+                **random,
             }
             self.add(_Stage("probe", key, {"encoder": name}, config, [], payload))
             keys.append(key)
@@ -397,7 +409,8 @@ class _Builder:
             "data": DATA,
             "encoder": encoder,
             "method": method,
-            "model": {"name": model},
+            # the input side that gives the measured 4x4 token grid (runs.grid)
+            "model": {"name": model, "input_size": GRID * sit_arch(model).patch},
             "seed": seed,
             "train": {"steps": target},
         }

@@ -18,10 +18,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import get_args
 
 import torch
 from torch.utils.data import Sampler
 
+from harness.config.sampler import OFFICIAL_TO_UINT8, ToUint8
 from harness.train.flow import Interpolant, sample_time
 
 
@@ -160,9 +162,18 @@ def pixels_to_model(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 127.5 - 1.0
 
 
-def model_to_pixels(x: torch.Tensor) -> torch.Tensor:
-    """float in [-1, 1] -> uint8 (rounded, clamped)."""
-    return ((x.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+def model_to_pixels(x: torch.Tensor, to_uint8: ToUint8 = OFFICIAL_TO_UINT8) -> torch.Tensor:
+    """Generated images (B, 3, H, W) in [-1, 1] -> uint8 (B, 3, H, W).
+
+    ``truncate`` (default) is the official REPA / iREPA ``generate.py``:
+    ``torch.clamp(255 * (x + 1) / 2, 0, 255).to(torch.uint8)``; ``round`` rounds to the
+    nearest level before clamping. Only model outputs go through this; real images are uint8.
+    """
+    if to_uint8 == "truncate":
+        return torch.clamp(255.0 * ((x.float() + 1.0) / 2.0), 0, 255).to(torch.uint8)
+    if to_uint8 == "round":
+        return ((x.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    raise ValueError(f"to_uint8 must be one of {get_args(ToUint8)}, got {to_uint8!r}")
 
 
 def sample_posterior(

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from harness.config.sampler import OFFICIAL_TO_UINT8, ToUint8
 from harness.config.train import TrainConfig
 from harness.errors import ArtifactError, WeightsError
 from harness.io import content_hash, make_dirs, share, write_json
@@ -133,11 +134,16 @@ def encode_moments(vae: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def decode_latents(vae: torch.nn.Module, z: torch.Tensor, scaling: LatentScaling) -> torch.Tensor:
-    """SiT latents (B, C, s, s) -> uint8 images (B, 3, 8s, 8s)."""
+def decode_latents(
+    vae: torch.nn.Module,
+    z: torch.Tensor,
+    scaling: LatentScaling,
+    to_uint8: ToUint8 = OFFICIAL_TO_UINT8,
+) -> torch.Tensor:
+    """SiT latents (B, C, s, s) -> uint8 images (B, 3, 8s, 8s) (``model_to_pixels``)."""
     dtype = next(vae.parameters()).dtype
     vae_z = scaling.to(z.device).decode_input(z.float()).to(dtype)
-    return model_to_pixels(vae.decode(vae_z).sample)
+    return model_to_pixels(vae.decode(vae_z).sample, to_uint8)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,10 @@ s(x, t) it implies (``flow.velocity_to_score``):
 
 CFG: inside ``[guidance_low, guidance_high]`` the velocity is ``v_u + w (v_c - v_u)`` (v_u with
 the null class); the SDE drift is affine in v, so this equals guiding the drift as REPA does.
+A guided step costs two network evaluations per sample (:func:`nfe` counts them).
+
+Samples become uint8 pixels by ``sampler.to_uint8`` (default: truncation, as the official
+REPA / iREPA ``generate.py``; see ``harness.train.data.model_to_pixels``).
 
 Seeding: sample i draws its initial noise and every SDE increment from its own generator seeded
 with ``seeds[i]``, so an image depends only on (model, label, seed, sampler) — not on the batch
@@ -45,6 +49,29 @@ def _per_sample_normal(
     return torch.stack(rows).double()
 
 
+def time_grid(sampler: SamplerConfig) -> list[float]:
+    """The integration times ``t_0 = 1 > ... > t_N = 0`` (N = ``num_steps``); the network is
+    evaluated once per step, at its start ``t_i`` (i < N).
+
+    ODE: ``linspace(1, 0, N + 1)``; SDE: ``linspace(1, last_step_size, N)`` then 0.
+    """
+    n = sampler.num_steps
+    if sampler.mode == "ode":
+        return torch.linspace(1.0, 0.0, n + 1, dtype=torch.float64).tolist()
+    return [*torch.linspace(1.0, sampler.last_step_size, n, dtype=torch.float64).tolist(), 0.0]
+
+
+def is_guided(sampler: SamplerConfig, t: float) -> bool:
+    """True when the step at time ``t`` applies CFG (conditional + null-class evaluations)."""
+    return sampler.cfg_scale > 1.0 and sampler.guidance_low <= t <= sampler.guidance_high
+
+
+def nfe(sampler: SamplerConfig) -> int:
+    """Network evaluations per sample: one per step, two per guided step (the schedule and the
+    guidance test :func:`integrate` uses)."""
+    return sum(2 if is_guided(sampler, t) else 1 for t in time_grid(sampler)[:-1])
+
+
 def _guided_velocity(
     model: VelocityModel,
     x: torch.Tensor,
@@ -58,7 +85,7 @@ def _guided_velocity(
     autocast: Callable[[], contextlib.AbstractContextManager],
 ) -> torch.Tensor:
     """v(x, t) in float64 (B, C, ...), with CFG when ``t`` is inside the guidance interval."""
-    guided = sampler.cfg_scale > 1.0 and sampler.guidance_low <= t <= sampler.guidance_high
+    guided = is_guided(sampler, t)
     inputs, y = (
         (torch.cat([x, x]), torch.cat([labels, torch.full_like(labels, null_class)]))
         if (guided)
@@ -123,12 +150,11 @@ def integrate(
         )
 
     n = sampler.num_steps
+    times = time_grid(sampler)
     if sampler.mode == "ode":
-        times = torch.linspace(1.0, 0.0, n + 1, dtype=torch.float64).tolist()
         for t_cur, t_next in itertools.pairwise(times):
             x = x + (t_next - t_cur) * velocity(x, t_cur)
         return x
-    times = [*torch.linspace(1.0, sampler.last_step_size, n, dtype=torch.float64).tolist(), 0.0]
     shape = tuple(x.shape[1:])
     for i, (t_cur, t_next) in enumerate(itertools.pairwise(times)):
         t_vec = torch.full((x.shape[0],), t_cur, dtype=torch.float64, device=device)
@@ -234,12 +260,14 @@ def sample_images(
         device=device,
     )  # (N, C, S, S)
     if cfg.space == "pixel":
-        return model_to_pixels(z)
+        return model_to_pixels(z, sampler.to_uint8)
     if vae is None:
         vae = load_vae(run.train.vae, device, random_weights=run.random_weights)
     scaling = LatentScaling.from_config(run.train, channels)
     images = [
-        decode_latents(vae, z[lo : lo + sampler.batch_size].to(device), scaling).cpu()
+        decode_latents(
+            vae, z[lo : lo + sampler.batch_size].to(device), scaling, sampler.to_uint8
+        ).cpu()
         for lo in range(0, len(z), sampler.batch_size)
     ]
     return (
