@@ -23,6 +23,7 @@ from harness.io import file_hash
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 FILL_WHERE = "on a machine with internet (e.g. the login node)"
+OR_RANDOM = "or use random weights (`--random-weights`; in a sweep `random_weights: true`)"
 
 
 def offline() -> bool:
@@ -48,6 +49,7 @@ class MissingWeights(WeightsError):
         fill: str | None = None,
     ) -> None:
         self.encoder, self.what, self.looked_in, self.reason = encoder, what, str(looked_in), reason
+        self.fetchable = fill is None  # `harness encoders fetch` fills it (the default fill)
         self.fill = fill or fill_hint([encoder], [self.looked_in])
         item = f"encoder {encoder!r}: {what} is not in {self.looked_in}"
         super().__init__(f"{reason}; {item}" if reason else item, hint=self.fill)
@@ -64,7 +66,7 @@ def fill_hint(encoders: list[str], caches: list[str]) -> str:
     return (
         f"{FILL_WHERE} run `harness encoders fetch {names}` with the same HF_HOME / TORCH_HOME "
         f"as here, or copy the filled cache ({where}) from such a machine; "
-        "or pass --random-weights"
+        f"{OR_RANDOM}"
     )
 
 
@@ -75,13 +77,12 @@ def missing_report(problems: list[MissingWeights]) -> str:
     lines = [f"{r}." for r in reasons]
     lines.append(f"{len(problems)} encoder(s) have no weights in the local caches:")
     lines += [f"  - {p.item}" for p in problems]
-    fills = list(dict.fromkeys(p.fill for p in problems))
-    if len(fills) == 1 or all(p.fill == fill_hint([p.encoder], [p.looked_in]) for p in problems):
+    fetchable = [p for p in problems if p.fetchable]
+    if fetchable:
         lines.append(
-            "fill: " + fill_hint([p.encoder for p in problems], [p.looked_in for p in problems])
+            "fill: " + fill_hint([p.encoder for p in fetchable], [p.looked_in for p in fetchable])
         )
-    else:
-        lines += [f"fill {p.encoder}: {p.fill}" for p in problems]
+    lines += [f"fill {p.encoder}: {p.fill}" for p in problems if not p.fetchable]
     return "\n".join(lines)
 
 
@@ -206,15 +207,18 @@ def local_file(path: str, encoder: str, url: str | None = None) -> Path:
     candidate = checkpoint_path(path)
     if candidate.is_file():
         return candidate
+    full = candidate.absolute()
     if url:
         how = (
             f"{FILL_WHERE} run `harness encoders fetch {encoder}` (it downloads {url} to "
-            f"{candidate}), or copy the file there; or pass --random-weights"
+            f"{full}), or copy the file there; {OR_RANDOM}"
         )
     else:
-        how = f"place the weights file at {candidate} (or set $HARNESS_WEIGHTS to its folder); "
-        how += "or pass --random-weights"
-    raise MissingWeights(encoder, f"checkpoint file {candidate.name}", candidate.parent, fill=how)
+        how = f"put the weights file at {full}"
+        if not Path(path).expanduser().is_absolute():
+            how += f" (relative paths resolve against $HARNESS_WEIGHTS, else the working folder: {path})"
+        how += f"; {OR_RANDOM}"
+    raise MissingWeights(encoder, f"checkpoint file {candidate.name}", full.parent, fill=how)
 
 
 def package_file(checkpoint: str, encoder: str, dist: str) -> Path:
