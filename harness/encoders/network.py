@@ -44,7 +44,7 @@ def offline_reason(url: str | None = None) -> str | None:
     """Why nothing can be downloaded from ``url`` (default: the HF hub), or None if it can.
 
     E.g. ``"no network: cannot reach huggingface.co:443 ([Errno -2] Name or service not
-    known)"`` or ``"downloads are disabled: HF_HUB_OFFLINE=1 is set"``.
+    known)"`` or ``"downloads are disabled here: HF_HUB_OFFLINE=1 is set"``.
     """
     forced = forced_offline()
     if forced:

@@ -4,8 +4,11 @@ shipped inside installed Python packages (``package:<import_name>/<path>``, neve
 Jobs on compute nodes run offline: they read the caches that ``harness encoders fetch`` filled
 on a login node. The environment decides: ``HF_HUB_OFFLINE=1`` (or ``TRANSFORMERS_OFFLINE=1``
 or ``HARNESS_OFFLINE=1``) forbids downloads; ``HF_HOME`` / ``HF_HUB_CACHE`` and ``TORCH_HOME``
-say where the caches are. A missing weight is a :class:`~harness.errors.WeightsError` that says
-exactly how to get it.
+say where the caches are. Without them, whether there is a network is probed once per process
+(:mod:`harness.encoders.network`). Cached files are used without asking the hub. A missing
+weight is a :class:`MissingWeights` error: why it cannot be downloaded here, which file or
+repository, the cache searched, and how to fill it on a machine with internet;
+:func:`missing_report` says it once for several encoders.
 """
 
 from __future__ import annotations
