@@ -165,12 +165,12 @@ def _check(catalogue, args: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
-def _report_missing(missing: list) -> None:
+def _report_missing(missing: list, lead: str = "") -> None:
     """The missing weights of a whole command as one message (the cause said once)."""
     from harness.encoders.weights import missing_report
 
     if missing:
-        print(f"error: {missing_report(missing)}", file=sys.stderr)
+        print(f"error: {lead}{missing_report(missing)}", file=sys.stderr)
 
 
 def _fetch(catalogue, args: argparse.Namespace) -> int:
@@ -190,9 +190,8 @@ def _fetch(catalogue, args: argparse.Namespace) -> int:
         except HarnessError as exc:
             failed += 1
             print(f"{spec.name}: FAILED: {exc}", flush=True)
-    if missing and missing[0].reason:
-        print("`harness encoders fetch` downloads, so it needs the network:", file=sys.stderr)
-    _report_missing(missing)
+    needs = "`harness encoders fetch` downloads, so it needs the network; "
+    _report_missing(missing, needs if missing and missing[0].reason else "")
     return 2 if failed else 0
 
 
