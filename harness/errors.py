@@ -41,6 +41,22 @@ class WeightsError(HarnessError):
     """Model weights are missing from the offline caches."""
 
 
+class MissingInputs(HarnessError):
+    """Several inputs are missing at once: one message lists each with how to provide it."""
+
+    def __init__(
+        self, headline: str, problems: list[HarnessError], more: str | None = None
+    ) -> None:
+        lines = [headline + ":"]
+        for problem in problems:
+            lines.append(f"  - {problem.message}")
+            if problem.hint:
+                lines.append(f"    fix: {problem.hint}")
+        lines += [f"  {line}" for line in (more or "").splitlines()]  # a pre-formatted block
+        super().__init__("\n".join(lines))
+        self.problems = problems
+
+
 class StageError(HarnessError):
     """A stage could not run with the inputs it was given."""
 

@@ -37,7 +37,7 @@ from harness.config.model import SiTArch
 from harness.config.run import RunConfig, run_id
 from harness.config.sweep import SweepConfig, no_match, selected
 from harness.config.train import AlignConfig
-from harness.errors import ConfigError, DataError, RegistryError, did_you_mean
+from harness.errors import ConfigError, RegistryError, did_you_mean
 from harness.io import write_json
 from harness.paths import plan_dir
 from harness.stages import STAGES
@@ -364,52 +364,6 @@ def resolved_data(data: DataConfig) -> DataConfig:
         if (value := getattr(data, name)) is not None
     }
     return data.model_copy(update=updates) if updates else data
-
-
-# ---------------------------------------------------------------------------------------------
-# Checks before anything is submitted
-# ---------------------------------------------------------------------------------------------
-def check_inputs(plan: Plan, stages: Iterable[str] | None = None) -> None:
-    """Fail early, naming exactly what to configure, when an input the plan needs is missing.
-
-    Args:
-        plan: the plan.
-        stages: the stage names about to be submitted (None = all).
-
-    Raises:
-        DataError: a dataset, reference batch or weights file is missing.
-    """
-    kinds = set(stages) if stages is not None else {s.stage for s in plan.stages}
-    sweep = plan.sweep
-    data = resolved_data(sweep.data)
-    if data.source == "folder" and kinds & {"latents", "fid_ref", "spatial", "probe", "train"}:
-        root = Path(data.root or "")
-        missing = [sub for sub in ("train", "val") if not (root / sub).is_dir()]
-        if missing:
-            raise DataError(
-                f"sweep {sweep.name}: data.root {root} has no {'/'.join(missing)}/ folder"
-                + (" (the folder does not exist)" if not root.exists() else ""),
-                hint="the paper presets train on ImageNet-1K (layout train/<wnid>/*.JPEG and "
-                "val/<wnid>/*): link it at data/imagenet or pass --set data.root=/path/to/imagenet; "
-                + CPU_STUDY_HINT,
-            )
-    reference = sweep.eval.reference
-    if "fid_ref" in kinds and reference.source == "npz":
-        path = Path(reference.path or "").expanduser()
-        if not path.is_file():
-            raise DataError(
-                f"sweep {sweep.name}: eval.reference.path {path} does not exist",
-                hint="download the ADM reference batch once (VIRTUAL_imagenet256_labeled.npz from "
-                "openai/guided-diffusion's evaluations README) and set eval.reference.path; "
-                + CPU_STUDY_HINT,
-            )
-    weights = sweep.eval.feature_extractor_weights_path
-    if kinds & {"fid_ref", "eval"} and weights and not Path(weights).expanduser().is_file():
-        raise DataError(
-            f"sweep {sweep.name}: eval.feature_extractor_weights_path {weights} does not exist",
-            hint="point it at the Inception .pth torch-fidelity uses, or unset it to use the "
-            "torch hub cache",
-        )
 
 
 def save_plan(plan: Plan, root: Path) -> Path:

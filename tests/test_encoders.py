@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -508,7 +509,8 @@ def test_checkpoint_mismatch_and_missing_file_are_weights_errors(tmp_path: Path)
     spec = _checkpoint_spec(tmp_path / "nope.pth")
     with pytest.raises(WeightsError) as info:
         create_encoder(spec, grid=(4, 4))
-    assert "nope.pth does not exist" in str(info.value) and "--random-weights" in str(info.value)
+    assert f"checkpoint file nope.pth is not in {tmp_path}" in str(info.value)
+    assert "--random-weights" in str(info.value)
     assert create_encoder(spec, grid=(4, 4), random_weights=True).weights_id == "random-init:seed0"
 
 
@@ -538,7 +540,7 @@ def test_torch_hub_source_loads_a_local_hubconf(tmp_path: Path) -> None:
     assert torch.allclose(enc(img).tokens, _reference_tokens(reference, img, spec), atol=1e-5)
     assert enc.weights_id.startswith("torch_hub:")
     github = spec.model_copy(update={"hub_repo": "facebookresearch/not-cached", "revision": "abc"})
-    with pytest.raises(WeightsError, match=r"not in .* \(offline\)"):
+    with pytest.raises(WeightsError, match=r"HARNESS_OFFLINE=1 is set; .* repository .* is not in"):
         create_encoder(github, grid=(4, 4))
 
 
@@ -553,9 +555,78 @@ def test_missing_weights_offline_say_how_to_fetch(name: str, tmp_path: Path, mon
     assert f"harness encoders fetch {name}" in str(info.value)
 
 
-def test_timm_weights_load_offline_from_the_hf_cache(tmp_path: Path) -> None:
+# Two ways to be offline, each in a fresh process: the environment says so, or there is no
+# network (an endpoint whose name does not resolve: RFC 6761 reserves .invalid).
+OFFLINE_MODES = {
+    "HF_HUB_OFFLINE": {"HF_HUB_OFFLINE": "1"},
+    "no-network": {"HF_ENDPOINT": "https://hub.invalid"},
+}
+_PROXIES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+
+
+def offline_env(tmp_path: Path, mode: str, **extra: str) -> dict[str, str]:
+    """The environment of a fresh process that is offline in ``mode``, with empty caches."""
+    env = {k: v for k, v in os.environ.items() if k not in (*_PROXIES, "HARNESS_OFFLINE")}
+    env.pop("HF_HUB_OFFLINE", None)
+    env.update(
+        HF_HOME=str(tmp_path / "hf"),
+        TORCH_HOME=str(tmp_path / "torch"),
+        HARNESS_RESULTS=str(tmp_path / "results"),
+        OMP_NUM_THREADS="1",
+        **OFFLINE_MODES[mode],
+    )
+    env.update(extra)
+    return env
+
+
+def _python_startup_s(env: dict[str, str]) -> float:
+    """Wall time of a process that only imports what ``harness encoders check`` imports."""
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-c", "import torch, timm, harness.cli.encoders, harness.data"],
+        env=env,
+        check=True,
+        timeout=120,
+    )
+    return time.perf_counter() - start
+
+
+@pytest.mark.parametrize("mode", sorted(OFFLINE_MODES))
+@pytest.mark.parametrize("action", ["check", "fetch"])
+def test_cli_offline_fails_fast_with_one_message(action: str, mode: str, tmp_path: Path) -> None:
+    """Offline, with empty caches: exit 2 at once (no retries), saying why, where it looked and
+    how to fill the cache; ``fetch`` sends the user to a machine with internet."""
+    env = offline_env(tmp_path, mode)
+    startup = _python_startup_s(env)
+    start = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-m", "harness", "encoders", action, "dinov2-vit-b"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
+    elapsed = time.perf_counter() - start
+    text = out.stdout + out.stderr
+    assert out.returncode == 2, text
+    # huggingface_hub's retries sleep 1+2+4+8+8 s per file: far above this bound
+    assert elapsed < max(5.0, startup + 3.0), (elapsed, startup, text)
+    assert "Retry" not in text and "Name or service not known' thrown" not in text, text
+    why = "HF_HUB_OFFLINE=1 is set" if mode == "HF_HUB_OFFLINE" else "no network: cannot reach"
+    assert out.stderr.count(why) == 1, text  # said once
+    assert str(tmp_path / "hf" / "hub") in out.stderr, text  # the cache it looked in
+    assert "timm/vit_base_patch14_dinov2.lvd142m" in out.stderr, text  # what is missing
+    assert "on a machine with internet" in out.stderr, text
+    assert "`harness encoders fetch dinov2-vit-b`" in out.stderr, text
+    if action == "fetch":
+        assert "needs the network" in out.stderr, text
+
+
+@pytest.mark.parametrize("mode", sorted(OFFLINE_MODES))
+def test_timm_weights_load_offline_from_the_hf_cache(mode: str, tmp_path: Path) -> None:
     """A real HF-hub cache layout (blob named by its sha256, snapshot symlink, refs/main),
-    read by a fresh process with HF_HUB_OFFLINE=1, like a compute node."""
+    read by a fresh process that is offline, like a compute node."""
     from safetensors.torch import save_file
 
     model = _tiny_vit(5)
@@ -594,9 +665,7 @@ def test_timm_weights_load_offline_from_the_hf_cache(tmp_path: Path) -> None:
         diff = (enc(case["img"]).tokens - case["ref"]).abs().max().item()
         print(enc.weights_id, diff)
         """)
-    env = dict(
-        os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub"), OMP_NUM_THREADS="1"
-    )
+    env = offline_env(tmp_path, mode, HF_HUB_CACHE=str(tmp_path / "hub"))
     out = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
     )
@@ -611,5 +680,8 @@ def test_timm_weights_load_offline_from_the_hf_cache(tmp_path: Path) -> None:
 def test_fetch_refuses_when_offline() -> None:
     from harness.encoders import fetch_weights
 
-    with pytest.raises(WeightsError, match="fetching needs internet"):
+    with pytest.raises(
+        WeightsError, match="downloads are disabled here: HARNESS_OFFLINE=1"
+    ) as info:
         fetch_weights(CATALOGUE.get("dinov2-vit-b"))
+    assert "on a machine with internet" in info.value.hint

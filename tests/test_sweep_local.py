@@ -149,6 +149,48 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, args, message):
     assert not root.exists()
 
 
+# a real-weights encoder whose checkpoint file is absent ($HARNESS_WEIGHTS is empty)
+MISSING_WEIGHTS = ("--set", "random_weights=false", "--set", "encoders=[pixels, mocov3-vit-b]")
+
+
+def test_missing_weights_stop_the_sweep_before_anything_is_submitted(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HARNESS_WEIGHTS", str(tmp_path / "weights"))
+    root = tmp_path / "results"
+    assert sweep(root, *MISSING_WEIGHTS, executor="local") == 2
+    err = capsys.readouterr().err
+    assert f"checkpoint file mocov3_vitb.pth is not in {tmp_path / 'weights' / 'ckpts'}" in err
+    assert f"put the weights file at {tmp_path / 'weights' / 'ckpts' / 'mocov3_vitb.pth'}" in err
+    assert not root.exists()  # no plan, no stage folder, no job record
+
+
+def test_every_missing_input_is_listed_once_and_dry_run_shows_the_list(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("HARNESS_WEIGHTS", str(tmp_path / "weights"))
+    root = tmp_path / "results"
+    reference = tmp_path / "VIRTUAL_imagenet256_labeled.npz"
+    args = (*MISSING_WEIGHTS, "--set", "eval.reference.source=npz")
+    args += ("--set", f"eval.reference.path={reference}")
+    assert sweep(root, *args, executor="local") == 2
+    err = capsys.readouterr().err
+    assert "2 inputs the jobs need are missing (nothing was submitted)" in err
+    assert f"eval.reference.path {reference} does not exist" in err
+    assert "mocov3-vit-b: checkpoint file mocov3_vitb.pth" in err and "fill mocov3-vit-b:" in err
+    assert "pixels" not in err  # a builtin encoder needs no weights
+    assert not root.exists()
+
+    assert sweep(root, *args, "--dry-run") == 0
+    dry = capsys.readouterr().err
+    assert "not submittable yet: sweep tiny: 2 inputs the jobs need are missing" in dry
+    assert f"eval.reference.path {reference} does not exist" in dry and "mocov3_vitb.pth" in dry
+    assert not root.exists()
+
+    # random weights need no checkpoint: only the reference is left
+    assert sweep(root, *args, "--set", "random_weights=true", "--dry-run") == 0
+    dry = capsys.readouterr().err
+    assert "mocov3" not in dry and f"eval.reference.path {reference} does not exist" in dry
+
+
 def test_malformed_sweep_file_exits_2(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: bad\nmodels: [SiT-T/4\n")

@@ -114,7 +114,7 @@ def _check(catalogue, args: argparse.Namespace) -> int:
 
     from harness.config.data import DataConfig
     from harness.data import build_dataset
-    from harness.encoders import create_encoder
+    from harness.encoders import MissingWeights, create_encoder
     from harness.metrics.measure import DTYPES
 
     specs = catalogue.select(args.names)
@@ -127,6 +127,7 @@ def _check(catalogue, args: argparse.Namespace) -> int:
     for column in ("name", "grid", "dim", "params", "images/s", "weights", "status"):
         table.add_column(column, overflow="fold")
     failed = 0
+    missing: list[MissingWeights] = []
     for spec in specs:
         try:
             enc = create_encoder(
@@ -154,26 +155,45 @@ def _check(catalogue, args: argparse.Namespace) -> int:
                 "ok" if ok else "NON-FINITE",
             )
             failed += not ok
+        except MissingWeights as exc:
+            failed += 1
+            missing.append(exc)
+            table.add_row(spec.name, "", "", "", "", "", "no weights (see below)")
         except HarnessError as exc:
             failed += 1
             table.add_row(spec.name, "", "", "", "", "", f"error: {exc}")
     Console(width=None if sys.stdout.isatty() else 200).print(table)
+    _report_missing(missing)
     return 2 if failed else 0
 
 
+def _report_missing(missing: list, lead: str = "") -> None:
+    """The missing weights of a whole command as one message (the cause said once)."""
+    from harness.encoders.weights import missing_report
+
+    if missing:
+        print(f"error: {lead}{missing_report(missing)}", file=sys.stderr)
+
+
 def _fetch(catalogue, args: argparse.Namespace) -> int:
-    from harness.encoders import fetch_weights
+    from harness.encoders import MissingWeights, fetch_weights
 
     if not args.all and not args.names:
         raise HarnessError("name the encoders to fetch, or pass --all")
     specs = catalogue.encoders if args.all else catalogue.select(args.names)
     failed = 0
+    missing: list[MissingWeights] = []
     for spec in specs:
         try:
             print(f"{spec.name}: {fetch_weights(spec)}", flush=True)
+        except MissingWeights as exc:  # no network here: said once, below
+            failed += 1
+            missing.append(exc)
         except HarnessError as exc:
             failed += 1
             print(f"{spec.name}: FAILED: {exc}", flush=True)
+    needs = "`harness encoders fetch` downloads, so it needs the network; "
+    _report_missing(missing, needs if missing and missing[0].reason else "")
     return 2 if failed else 0
 
 

@@ -104,9 +104,10 @@ def run(args: argparse.Namespace) -> int:
     from harness.errors import HarnessError
     from harness.launch.executor import resolve_executor
     from harness.launch.jobs import JobPoller
+    from harness.launch.preflight import check_inputs
     from harness.launch.submit import decide, plan_statuses, submit_plan
     from harness.paths import results_root
-    from harness.plan import build_plan, check_inputs
+    from harness.plan import build_plan
 
     only = parse_only(args.only)
     catalogue, sweep = load_inputs(args)
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         )
         print_plan(plan, decisions)
         try:
-            check_inputs(plan, {d.stage.stage for d in decisions.values() if d.action == "submit"})
+            check_inputs(plan, [d.stage for d in decisions.values() if d.action == "submit"])
         except HarnessError as exc:
             print(f"\nnot submittable yet: {exc}", file=sys.stderr)
         return 0
@@ -128,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
     if executor != "slurm":
         current = plan_statuses(plan, root, poller)
         todo = decide(plan, current, retry_failed=args.retry_failed, only=only)
+        check_inputs(plan, [d.stage for d in todo.values() if d.action == "submit"])  # no bar yet
         progress = _LocalProgress(plan, sum(d.action == "submit" for d in todo.values()))
     report = submit_plan(
         plan,

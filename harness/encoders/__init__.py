@@ -11,7 +11,10 @@
 
 One small module per source (``timm``, ``open_clip``, ``transformers``, ``torch_hub``,
 ``checkpoint``, ``builtin``, ``inhouse``), each registered in :data:`SOURCES` with
-``build(spec, request)`` and ``fetch(spec)``.
+``build(spec, request)``, ``fetch(spec)`` and ``locate(spec)``. All three find weights through
+the same per-source resolution (:mod:`harness.encoders.weights`): ``locate`` never downloads
+(the pre-submit check of ``harness sweep``), ``build`` downloads only when the network allows
+(probed once, :mod:`harness.encoders.network`), ``fetch`` exists to download.
 """
 
 from __future__ import annotations
@@ -24,8 +27,7 @@ import torch
 
 from harness.config.encoders import EncoderSpec
 from harness.encoders.base import Backbone, BuildRequest, Encoder, EncoderError, EncoderOutput
-from harness.encoders.weights import offline
-from harness.errors import WeightsError
+from harness.encoders.weights import MissingWeights
 from harness.registry import Registry
 
 __all__ = [
@@ -35,8 +37,10 @@ __all__ = [
     "Encoder",
     "EncoderError",
     "EncoderOutput",
+    "MissingWeights",
     "create_encoder",
     "fetch_weights",
+    "locate_weights",
 ]
 
 
@@ -46,6 +50,7 @@ class Source:
 
     build: Callable[[EncoderSpec, BuildRequest], Backbone]
     fetch: Callable[[EncoderSpec], str]
+    locate: Callable[[EncoderSpec], str]
 
 
 SOURCES: Registry[Source] = Registry("encoder source")
@@ -59,7 +64,7 @@ for _name, _module in [
     ("inhouse", "inhouse"),
 ]:
     _mod = importlib.import_module(f"harness.encoders.{_module}")
-    SOURCES.register(_name, Source(build=_mod.build, fetch=_mod.fetch))
+    SOURCES.register(_name, Source(build=_mod.build, fetch=_mod.fetch, locate=_mod.locate))
 
 
 def create_encoder(
@@ -100,11 +105,21 @@ def create_encoder(
 
 
 def fetch_weights(spec: EncoderSpec) -> str:
-    """Download an entry's weights into the caches the jobs read (needs internet)."""
-    if offline():
-        raise WeightsError(
-            f"encoder {spec.name!r}: fetching needs internet, but downloads are disabled "
-            "(HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE / HARNESS_OFFLINE is set)",
-            hint="unset those variables and run `harness encoders fetch` on a login node",
-        )
+    """Download an entry's weights into the caches the jobs read (needs internet).
+
+    Raises:
+        MissingWeights: no network / downloads disabled here, and the weights are not cached
+            yet (already cached weights are reported, not refreshed).
+    """
     return SOURCES.get(spec.source).fetch(spec)
+
+
+def locate_weights(spec: EncoderSpec) -> str:
+    """Where an entry's weights are, from the local caches and files only: no download, no
+    network, nothing built (what a job will read).
+
+    Raises:
+        MissingWeights: they are not there (names the file, the folder searched, the fill).
+        WeightsError / EncoderError: the entry cannot have weights as written.
+    """
+    return SOURCES.get(spec.source).locate(spec)

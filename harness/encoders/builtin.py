@@ -165,3 +165,7 @@ def build(spec: EncoderSpec, request: BuildRequest) -> Backbone:
 
 def fetch(spec: EncoderSpec) -> str:
     return "builtin (nothing to fetch)"
+
+
+def locate(spec: EncoderSpec) -> str:
+    return "builtin (no weights)"

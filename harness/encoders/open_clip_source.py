@@ -69,8 +69,9 @@ def _model_kwargs(spec: EncoderSpec) -> dict[str, Any]:
     return kwargs
 
 
-def resolve_weights(spec: EncoderSpec) -> tuple[str, str]:
-    """(local checkpoint path, identity) of an open_clip pretrained tag (cache or download)."""
+def resolve_weights(spec: EncoderSpec, *, download: bool | None = None) -> tuple[str, str]:
+    """(local checkpoint path, identity) of an open_clip pretrained tag (cache or download;
+    ``download`` as for :func:`harness.encoders.weights.hf_file`)."""
     import open_clip
 
     cfg = open_clip.get_pretrained_cfg(spec.model_id, spec.pretrained)
@@ -89,9 +90,9 @@ def resolve_weights(spec: EncoderSpec) -> tuple[str, str]:
             if filename
             else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
         )
-        path = hf_file(repo_id, names, spec.revision, spec.name)
+        path = hf_file(repo_id, names, spec.revision, spec.name, download=download)
     elif cfg.get("url"):
-        path = url_file(cfg["url"], spec.name)
+        path = url_file(cfg["url"], spec.name, download=download)
     else:
         raise WeightsError(
             f"encoder {spec.name!r}: open_clip tag {spec.pretrained!r} has no location"
@@ -135,4 +136,11 @@ def _resample_positions(visual: nn.Module, grid: tuple[int, int]) -> None:
 def fetch(spec: EncoderSpec) -> str:
     if spec.pretrained is None:
         return "random-init (nothing to fetch)"
-    return resolve_weights(spec)[1]
+    return resolve_weights(spec, download=True)[1]
+
+
+def locate(spec: EncoderSpec) -> str:
+    """The cached weights file (no download); MissingWeights when it is not there."""
+    if spec.pretrained is None:
+        return "random-init (by design)"
+    return resolve_weights(spec, download=False)[0]

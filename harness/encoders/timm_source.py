@@ -110,8 +110,9 @@ def _create(timm: Any, name: str, spec: EncoderSpec, **kwargs: Any) -> nn.Module
         ) from exc
 
 
-def resolve_weights(spec: EncoderSpec) -> tuple[Path, str]:
-    """The local weights file of a pretrained timm entry and its identity string."""
+def resolve_weights(spec: EncoderSpec, *, download: bool | None = None) -> tuple[Path, str]:
+    """The local weights file of a pretrained timm entry and its identity string (``download``
+    as for :func:`harness.encoders.weights.hf_file`)."""
     import timm
 
     name = timm_name(spec)
@@ -124,11 +125,13 @@ def resolve_weights(spec: EncoderSpec) -> tuple[Path, str]:
     if cfg.hf_hub_id:
         files = [cfg.hf_hub_filename] if cfg.hf_hub_filename else []
         files += ["model.safetensors", "pytorch_model.bin"]
-        path = hf_file(cfg.hf_hub_id, list(dict.fromkeys(files)), spec.revision, spec.name)
+        path = hf_file(
+            cfg.hf_hub_id, list(dict.fromkeys(files)), spec.revision, spec.name, download=download
+        )
         commit = hf_commit(path) or spec.revision or "main"
         return path, f"timm:{name}@{commit}:{weights_digest(path)}"
     if cfg.url:
-        path = url_file(cfg.url, spec.name)
+        path = url_file(cfg.url, spec.name, download=download)
         return path, f"timm:{name}:{path.name}:{weights_digest(path)}"
     raise WeightsError(f"encoder {spec.name!r}: timm config {name!r} has no weights location")
 
@@ -137,4 +140,11 @@ def fetch(spec: EncoderSpec) -> str:
     """Download the entry's weights into the caches; returns the weights identity."""
     if spec.pretrained is None:
         return "random-init (nothing to fetch)"
-    return resolve_weights(spec)[1]
+    return resolve_weights(spec, download=True)[1]
+
+
+def locate(spec: EncoderSpec) -> str:
+    """The cached weights file (no download); MissingWeights when it is not there."""
+    if spec.pretrained is None:
+        return "random-init (by design)"
+    return str(resolve_weights(spec, download=False)[0])

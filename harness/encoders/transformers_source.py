@@ -18,8 +18,12 @@ from torch import nn
 
 from harness.config.encoders import EncoderSpec
 from harness.encoders.base import Backbone, BuildRequest, EncoderError, seeded_init
-from harness.encoders.weights import fetch_hint, offline
+from harness.encoders.network import offline_reason
+from harness.encoders.weights import hf_cache_dir, hf_file
 from harness.errors import WeightsError
+
+# the weights file of a transformers repo (the first present counts; shards have an index)
+WEIGHT_FILES = ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"]
 
 
 class TransformersBackbone(Backbone):
@@ -79,28 +83,39 @@ def build(spec: EncoderSpec, request: BuildRequest) -> Backbone:
         with seeded_init():
             model = AutoModel.from_config(config)
         return TransformersBackbone(model.eval(), spec, "random-init:seed0")
+    locate(spec, download=None)  # cached, or downloadable here: else one clear MissingWeights
     try:
         model = AutoModel.from_pretrained(
-            spec.model_id, revision=spec.revision, local_files_only=offline()
+            spec.model_id, revision=spec.revision, local_files_only=offline_reason() is not None
         )
     except OSError as exc:
         raise WeightsError(
-            f"encoder {spec.name!r}: {spec.model_id}@{spec.revision or 'main'} not available: "
-            f"{str(exc).splitlines()[0]}",
-            hint=fetch_hint(spec.name),
+            f"encoder {spec.name!r}: {spec.model_id}@{spec.revision or 'main'} could not be "
+            f"loaded from {hf_cache_dir()}: {str(exc).splitlines()[0]}",
+            hint=f"refill it: `harness encoders fetch {spec.name}` on a machine with internet",
         ) from exc
     commit = getattr(model.config, "_commit_hash", None) or spec.revision or "main"
     return TransformersBackbone(model.eval(), spec, f"hf:{spec.model_id}@{commit[:12]}")
 
 
+def locate(spec: EncoderSpec, *, download: bool | None = False) -> str:
+    """The cached config and weights of the repo (``download`` as for ``hf_file``)."""
+    hf_file(spec.model_id, ["config.json"], spec.revision, spec.name, download=download)
+    return str(hf_file(spec.model_id, WEIGHT_FILES, spec.revision, spec.name, download=download))
+
+
 def fetch(spec: EncoderSpec) -> str:
     from huggingface_hub import snapshot_download
 
+    reason = offline_reason()
+    if reason:  # already cached counts as fetched; else one clear "needs network"
+        path = locate(spec, download=True)  # offline: the cache, or MissingWeights(reason)
+        return f"hf:{spec.model_id} (already cached: {path}; not refreshed, {reason})"
     try:
         path = snapshot_download(spec.model_id, revision=spec.revision)
     except Exception as exc:  # network (httpx) and hub errors
         raise WeightsError(
             f"encoder {spec.name!r}: could not download {spec.model_id}: {exc}",
-            hint="check the network / HF token (gated models need `huggingface-cli login`)",
+            hint="check the network / HF token (gated models need `hf auth login`)",
         ) from exc
     return f"hf:{spec.model_id}@{path.rstrip('/').split('/')[-1][:12]}"

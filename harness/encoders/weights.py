@@ -4,8 +4,11 @@ shipped inside installed Python packages (``package:<import_name>/<path>``, neve
 Jobs on compute nodes run offline: they read the caches that ``harness encoders fetch`` filled
 on a login node. The environment decides: ``HF_HUB_OFFLINE=1`` (or ``TRANSFORMERS_OFFLINE=1``
 or ``HARNESS_OFFLINE=1``) forbids downloads; ``HF_HOME`` / ``HF_HUB_CACHE`` and ``TORCH_HOME``
-say where the caches are. A missing weight is a :class:`~harness.errors.WeightsError` that says
-exactly how to get it.
+say where the caches are. Without them, whether there is a network is probed once per process
+(:mod:`harness.encoders.network`). Cached files are used without asking the hub. A missing
+weight is a :class:`MissingWeights` error: why it cannot be downloaded here, which file or
+repository, the cache searched, and how to fill it on a machine with internet;
+:func:`missing_report` says it once for several encoders.
 """
 
 from __future__ import annotations
@@ -17,72 +20,178 @@ from functools import lru_cache
 from pathlib import Path
 
 from harness.config.encoders import split_package_ref
+from harness.encoders.network import forced_offline, hub_url, note_failure, offline_reason
 from harness.errors import WeightsError
 from harness.io import file_hash
 
-OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HARNESS_OFFLINE")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+FILL_WHERE = "on a machine with internet (e.g. the login node)"
+OR_RANDOM = "or use random weights (`--random-weights`; in a sweep `random_weights: true`)"
 
 
 def offline() -> bool:
     """True when the environment forbids downloads (read at call time, not import time)."""
-    return any(
-        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in OFFLINE_VARS
+    return forced_offline() is not None
+
+
+class MissingWeights(WeightsError):
+    """An encoder's weights are not where the jobs read them, and cannot be downloaded here
+    (``reason``: no network / downloads disabled) or were not allowed to be (pre-submit checks).
+
+    ``what`` names the file or repository, ``looked_in`` the cache or folder searched, ``fill``
+    how to get it there. :func:`missing_report` lists several with the reason said once.
+    """
+
+    def __init__(
+        self,
+        encoder: str,
+        what: str,
+        looked_in: Path | str,
+        *,
+        reason: str | None = None,
+        fill: str | None = None,
+    ) -> None:
+        self.encoder, self.what, self.looked_in, self.reason = encoder, what, str(looked_in), reason
+        self.fetchable = fill is None  # `harness encoders fetch` fills it (the default fill)
+        self.fill = fill or fill_hint([encoder], [self.looked_in])
+        item = f"encoder {encoder!r}: {what} is not in {self.looked_in}"
+        super().__init__(f"{reason}; {item}" if reason else item, hint=self.fill)
+
+    @property
+    def item(self) -> str:
+        return f"{self.encoder}: {self.what} (looked in {self.looked_in})"
+
+
+def fill_hint(encoders: list[str], caches: list[str]) -> str:
+    """How to fill the caches: ``harness encoders fetch`` where there is internet, or a copy."""
+    names = " ".join(dict.fromkeys(encoders))
+    where = ", ".join(dict.fromkeys(caches))
+    return (
+        f"{FILL_WHERE} run `harness encoders fetch {names}` with the same HF_HOME / TORCH_HOME "
+        f"as here, or copy the filled cache ({where}) from such a machine; "
+        f"{OR_RANDOM}"
     )
+
+
+def missing_report(problems: list[MissingWeights]) -> str:
+    """One message for several missing weights: the reason once, one line per item, and the
+    one command that fills them all."""
+    reasons = list(dict.fromkeys(p.reason for p in problems if p.reason))
+    lines = [f"{r}." for r in reasons]
+    lines.append(f"{len(problems)} encoder(s) have no weights in the local caches:")
+    lines += [f"  - {p.item}" for p in problems]
+    fetchable = [p for p in problems if p.fetchable]
+    if fetchable:
+        lines.append(
+            "fill: " + fill_hint([p.encoder for p in fetchable], [p.looked_in for p in fetchable])
+        )
+    lines += [f"fill {p.encoder}: {p.fill}" for p in problems if not p.fetchable]
+    return "\n".join(lines)
 
 
 def fetch_hint(name: str) -> str:
-    return (
-        f"run `harness encoders fetch {name}` on a machine with internet (a login node) with the "
-        "same HF_HOME / TORCH_HOME as the jobs, or pass --random-weights"
-    )
+    return fill_hint([name], [hf_cache_dir(), torch_cache_dir()])
 
 
-def hf_file(repo: str, filenames: list[str], revision: str | None, encoder: str) -> Path:
-    """The first of ``filenames`` found in HF repo ``repo`` (cache, or download when allowed)."""
+def hf_cache_dir() -> str:
+    """The HF hub cache this process reads (``HF_HUB_CACHE``, else ``$HF_HOME/hub``)."""
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def torch_cache_dir() -> str:
+    """torch.hub's cache (``$TORCH_HOME/hub``): repositories and ``checkpoints/`` files."""
+    import torch
+
+    return str(torch.hub.get_dir())
+
+
+def hf_cached(repo: str, filenames: list[str], revision: str | None) -> Path | None:
+    """The first of ``filenames`` already in the local HF cache (no network), else None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in filenames:
+        found = try_to_load_from_cache(repo, filename, revision=revision)
+        if isinstance(found, str):
+            return Path(found)
+    return None
+
+
+def hf_file(
+    repo: str,
+    filenames: list[str],
+    revision: str | None,
+    encoder: str,
+    *,
+    download: bool | None = None,
+) -> Path:
+    """The first of ``filenames`` of HF repo ``repo``: from the local cache, else downloaded.
+
+    Args:
+        download: ``False``: the cache only (pre-submit checks); ``None``: download when the
+            cache lacks it and the network allows; ``True`` (fetch): also refresh a cached file.
+
+    Raises:
+        MissingWeights: not cached and no download possible (no network, offline mode) or
+            allowed; a connection failure says "no network" once and stops further tries.
+        WeightsError: the hub answered but has no such file, or refused (gated, bad revision).
+    """
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError
 
+    where = f"{repo}@{revision}" if revision else repo
+    what = f"{where} ({' or '.join(filenames)})"
+    cached = hf_cached(repo, filenames, revision)
+    if cached is not None and download is not True:
+        return cached
+    reason = None if download is False else offline_reason()
+    if reason or download is False:
+        if cached is not None:
+            return cached
+        raise MissingWeights(encoder, what, hf_cache_dir(), reason=reason)
     problems = []
     for filename in filenames:
         try:
-            return Path(
-                hf_hub_download(repo, filename, revision=revision, local_files_only=offline())
-            )
-        except LocalEntryNotFoundError as exc:
-            problems.append(f"{filename}: not in the local cache ({type(exc).__name__})")
+            return Path(hf_hub_download(repo, filename, revision=revision))
         except EntryNotFoundError:
             problems.append(f"{filename}: not in the repository")
         except Exception as exc:  # network (httpx) errors, gated repos, bad revisions
-            problems.append(f"{filename}: {type(exc).__name__}: {exc}")
-    where = f"{repo}@{revision}" if revision else repo
+            reason = note_failure(hub_url(), exc)
+            if reason:
+                raise MissingWeights(encoder, what, hf_cache_dir(), reason=reason) from exc
+            problems.append(f"{filename}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
     raise WeightsError(
-        f"encoder {encoder!r}: weights {where} not available "
-        f"({'offline' if offline() else 'download failed'}): " + "; ".join(problems),
-        hint=fetch_hint(encoder),
+        f"encoder {encoder!r}: could not download {where}: " + "; ".join(problems),
+        hint="check the repository, revision and file names; gated models need `hf auth login`",
     )
 
 
 def url_file(url: str, encoder: str, *, download: bool | None = None) -> Path:
     """A weights file addressed by URL, kept in ``$TORCH_HOME/hub/checkpoints`` (torch.hub's
-    download cache, as timm and torch.hub use it)."""
+    download cache, as timm and torch.hub use it). ``download`` as for :func:`hf_file`
+    (a cached file is never downloaded again)."""
     import torch
 
-    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url.split("?")[0]).name
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    path = folder / Path(url.split("?")[0]).name
     if path.is_file():
         return path
-    allowed = (not offline()) if download is None else download
-    if not allowed:
-        raise WeightsError(
-            f"encoder {encoder!r}: weights file {path} is missing (offline)",
-            hint=fetch_hint(encoder) + f"; or download {url} to {path}",
-        )
+    fill = fill_hint([encoder], [str(folder)]) + f"; or download {url} to {path}"
+    reason = None if download is False else offline_reason(url)
+    if reason or download is False:
+        raise MissingWeights(encoder, f"file {path.name}", folder, reason=reason, fill=fill)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         torch.hub.download_url_to_file(url, str(path), progress=True)
     except OSError as exc:
+        reason = note_failure(url, exc)
+        if reason:
+            raise MissingWeights(
+                encoder, f"file {path.name}", folder, reason=reason, fill=fill
+            ) from exc
         raise WeightsError(
-            f"encoder {encoder!r}: could not download {url}: {exc}", hint=fetch_hint(encoder)
+            f"encoder {encoder!r}: could not download {url}: {exc}", hint=fill
         ) from exc
     return path
 
@@ -101,12 +210,18 @@ def local_file(path: str, encoder: str, url: str | None = None) -> Path:
     candidate = checkpoint_path(path)
     if candidate.is_file():
         return candidate
-    how = f"download {url} to {candidate}" if url else f"place the weights file at {candidate}"
-    raise WeightsError(
-        f"encoder {encoder!r}: checkpoint file {candidate} does not exist",
-        hint=f"{how} (`harness encoders fetch {encoder}` does it when the entry has a url), "
-        "or pass --random-weights",
-    )
+    full = candidate.absolute()
+    if url:
+        how = (
+            f"{FILL_WHERE} run `harness encoders fetch {encoder}` (it downloads {url} to "
+            f"{full}), or copy the file there; {OR_RANDOM}"
+        )
+    else:
+        how = f"put the weights file at {full}"
+        if not Path(path).expanduser().is_absolute():
+            how += f" (relative paths resolve against $HARNESS_WEIGHTS, else the working folder: {path})"
+        how += f"; {OR_RANDOM}"
+    raise MissingWeights(encoder, f"checkpoint file {candidate.name}", full.parent, fill=how)
 
 
 def package_file(checkpoint: str, encoder: str, dist: str) -> Path:

@@ -9,9 +9,10 @@ Decision per stage instance (in dependency order):
 * ``planned``: submitted, unless ``only`` excludes its stage kind or an upstream instance will
   not run (failed, diverged, excluded): then it is ``blocked``.
 
-Before the first ``sbatch``: inputs are checked (:func:`harness.plan.check_inputs`) and every
-distinct resource request goes through ``sbatch --test-only``, so bad input submits nothing and
-leaves the saved plan as it was. Then the plan, each instance's ``spec.json`` and a code snapshot
+Before the first ``sbatch``: inputs are checked (:func:`harness.launch.preflight.check_inputs`:
+data, reference statistics, extractor and encoder weights, every missing one in one message)
+and every distinct resource request goes through ``sbatch --test-only``, so bad input submits
+nothing and leaves the saved plan as it was. Then the plan, each instance's ``spec.json`` and a code snapshot
 are written, and instances are submitted kind by kind as job arrays grouped by their dependency
 job ids (``afterok``); each array's job ids are appended to ``jobs.jsonl`` as soon as ``sbatch``
 returns, so a submission that fails halfway leaves a consistent record and a re-run submits only
@@ -44,9 +45,10 @@ from harness.launch.jobs import (
     stage_status,
     statuses,
 )
+from harness.launch.preflight import check_inputs
 from harness.logs import event, get_logger
 from harness.paths import jobs_dir
-from harness.plan import STAGE_ORDER, Plan, PlannedStage, check_inputs, save_plan
+from harness.plan import STAGE_ORDER, Plan, PlannedStage, save_plan
 from harness.stages import STAGES
 from harness.stages.runner import StageJob, write_spec
 
@@ -169,7 +171,7 @@ def submit_plan(
     kinds = [k for k in STAGE_ORDER if any(s.stage == k for s in todo)]
 
     # -- everything that can fail before the first submission ------------------------------------
-    check_inputs(plan, kinds)
+    check_inputs(plan, todo)
     launcher = Launcher(
         executor, jobs_dir(root), hold=hold, submit_interval_s=sweep.launch.submit_interval_s
     )
