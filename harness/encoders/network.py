@@ -72,18 +72,27 @@ def note_failure(url: str, exc: BaseException) -> str | None:
 
 def is_connection_error(exc: BaseException) -> bool:
     """True when ``exc`` (or an exception it was raised from) is a network failure."""
-    import httpx2  # huggingface_hub's HTTP client
-
+    transport_errors = _http_transport_errors()
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(
-            seen, ConnectionError | socket.gaierror | TimeoutError | httpx2.TransportError
-        ):
+        if isinstance(seen, (ConnectionError, socket.gaierror, TimeoutError, *transport_errors)):
             return True
         if isinstance(seen, urllib.error.URLError) and isinstance(seen.reason, OSError):
             return True  # urllib (torch.hub downloads) wraps the socket error in .reason
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _http_transport_errors() -> tuple[type[BaseException], ...]:
+    """The transport-error class of huggingface_hub's HTTP client (httpx2 from hub 2.x, httpx
+    before it; requests' errors are ConnectionError subclasses already)."""
+    for name in ("httpx2", "httpx"):
+        try:
+            module = __import__(name)
+        except ImportError:
+            continue
+        return (module.TransportError,)
+    return ()
 
 
 def _connect_target(url: str) -> tuple[str, int]:
