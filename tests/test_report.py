@@ -35,7 +35,7 @@ from harness.report.figures import (
     figure_style,
     freeze_layout,
 )
-from harness.report.labels import place_labels
+from harness.report.labels import place_labels, place_line_label
 from harness.report.options import ReportOptions
 from harness.report.published import reproduction_pairs
 from harness.report.schema import READ_CONTRACT
@@ -572,6 +572,27 @@ def test_labels_do_not_overlap() -> None:
     for i, a in enumerate(boxes):
         for b in boxes[i + 1 :]:
             assert not a.overlaps(b), (a, b)
+
+
+@pytest.mark.parametrize("crowded", ["right", "left"])
+def test_reference_line_label_avoids_points(crowded: str) -> None:
+    """The baseline's label goes to the end of its line where no point sits, and the point
+    labels placed after it avoid it."""
+    x_end = 0.98 if crowded == "right" else 0.02
+    xs, ys = np.array([x_end, 0.5]), np.array([20.3, 10.0])  # one point on the line's end
+    fig = Figure(figsize=(4, 3), dpi=100)
+    ax = fig.subplots()
+    ax.set_xlim(0, 1), ax.set_ylim(0, 40)
+    ax.scatter(xs, ys)
+    place_line_label(ax, 20.0, "no alignment 20.0", xs, ys)
+    (label,) = ax.texts
+    assert label.get_horizontalalignment() == ("left" if crowded == "right" else "right")
+    assert place_labels(ax, xs, ys, ["enc-a", "enc-b"]) == 0
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    point = ax.transData.transform((xs[0], ys[0]))
+    assert not boxes[0].contains(*point)
+    assert not any(boxes[0].overlaps(b) for b in boxes[1:])
 
 
 def test_named_queries_run_and_agree_with_the_report(study_root: Path) -> None:

@@ -22,7 +22,7 @@ from harness.registry import Registry
 from harness.report import stats
 from harness.report.analysis import Analysis
 from harness.report.data import BASELINE, METHOD_LABELS, METRIC_LABELS, X_METRICS, Study
-from harness.report.labels import place_labels
+from harness.report.labels import place_labels, place_line_label
 from harness.report.noise import NO, UNJUDGED, YES, Noise, measure, short_fid
 from harness.report.options import ReportOptions
 
@@ -130,19 +130,11 @@ def _room_above(ax: object, fid: float | None) -> None:
 
 
 def _draw_baseline_h(ax: object, fid: float | None) -> None:
+    """The baseline's dashed line (its label: :func:`place_line_label`, once the layout is
+    final)."""
     if fid is None:
         return
     ax.axhline(fid, ls="--", lw=0.8, color="0.35", zorder=1)  # type: ignore[attr-defined]
-    ax.text(
-        0.99,
-        fid,
-        f"no alignment {fid:.1f}",
-        transform=ax.get_yaxis_transform(),  # type: ignore[attr-defined]
-        ha="right",
-        va="bottom",
-        fontsize=6,
-        color="0.3",
-    )
 
 
 def _fid_legend(labels: pd.Series) -> str:
@@ -187,7 +179,7 @@ def fid_vs_metrics(ctx: ReportContext) -> FigureOutput | Skipped:
         return Skipped("fid_vs_metrics", "no evaluated runs with encoder metrics")
     facets = list(dict.fromkeys(points.facet))
     fig, axes = new_figure(len(facets), len(metrics), ctx.options, sharey="row")
-    rows, to_label = [], []
+    rows, to_label, baseline_labels = [], [], []
     for r, facet in enumerate(facets):
         group = points[points.facet == facet]
         first = group.iloc[0]
@@ -207,6 +199,9 @@ def fid_vs_metrics(ctx: ReportContext) -> FigureOutput | Skipped:
                     (ax, data[metric].to_numpy(float), data.fid.to_numpy(float), list(data.encoder))
                 )
             _draw_baseline_h(ax, base)
+            if base is not None:
+                xy = data[[metric, "fid"]].to_numpy(float).reshape(-1, 2)
+                baseline_labels.append((ax, base, xy[:, 0], xy[:, 1]))
             if c == len(metrics) - 1:  # shared y: make room above the baseline's label
                 _room_above(ax, base)
             note = ctx.analysis.annotation(facet, metric)
@@ -247,6 +242,8 @@ def fid_vs_metrics(ctx: ReportContext) -> FigureOutput | Skipped:
         fontsize=9,
     )
     freeze_layout(fig)
+    for ax, base, xs, ys in baseline_labels:
+        place_line_label(ax, base, f"no alignment {base:.1f}", xs, ys)
     for ax, xs, ys, labels in to_label:
         place_labels(ax, xs, ys, labels)
     return FigureOutput(

@@ -50,6 +50,44 @@ def _text_boxes(ax: Axes, px_per_pt: float) -> np.ndarray:
     return np.reshape(np.array(boxes, dtype=float), (-1, 4))
 
 
+def place_line_label(
+    ax: Axes, y: float, text: str, xs: Sequence[float], ys: Sequence[float], *, fontsize: float = 6
+) -> None:
+    """Label a horizontal reference line at ``y`` at whichever end (right or left, above or
+    below the line) overlaps the fewest of the points ``xs, ys``. Call after the layout is final
+    and before :func:`place_labels`, which then avoids this label too."""
+    px_per_pt = ax.figure.dpi / 72.0
+    ax.get_xlim(), ax.get_ylim()
+    pts = ax.transData.transform(np.column_stack([xs, ys]).astype(float)).reshape(-1, 2)
+    markers = np.concatenate([pts - _MARKER_PX, pts + _MARKER_PX], axis=1)  # (n, 4) boxes
+    frame = ax.get_window_extent()
+    line_y = ax.transData.transform((0.0, y))[1]
+    width = _CHAR_WIDTH_EM * fontsize * len(text) * px_per_pt + 2.0
+    height = _LINE_HEIGHT_EM * fontsize * px_per_pt
+    pad = 0.01 * frame.width
+    best: tuple[float, float, str, str] | None = None
+    for ha, va in (("right", "bottom"), ("left", "bottom"), ("right", "top"), ("left", "top")):
+        x0 = frame.x1 - pad - width if ha == "right" else frame.x0 + pad
+        y0 = line_y if va == "bottom" else line_y - height
+        box = np.array([x0, y0, x0 + width, y0 + height])
+        outside = box[1] < frame.y0 or box[3] > frame.y1
+        cost = _overlap_area(box, markers) + (1e6 if outside else 0.0)
+        if best is None or cost < best[0]:
+            best = (cost, 0.99 if ha == "right" else 0.01, ha, va)
+    assert best is not None
+    _, x_axes, ha, va = best
+    ax.text(
+        x_axes,
+        y,
+        text,
+        transform=ax.get_yaxis_transform(),
+        ha=ha,
+        va=va,
+        fontsize=fontsize,
+        color="0.3",
+    )
+
+
 def place_labels(
     ax: Axes,
     xs: Sequence[float],
