@@ -3,6 +3,7 @@ their dry-run plans have the expected number of stages and GPU-hour estimates.""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -208,3 +209,94 @@ def test_paper_preset_without_imagenet_stops_before_submitting(tmp_path, capsys,
     assert "harness sweep encoders.yaml --sweep sweeps/cpu-study.yaml" in err
     assert not (tmp_path / "results" / "plans").exists()
     assert not (tmp_path / "results" / "jobs").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The released iREPA LDM settings (issue 12, item 5)
+# ---------------------------------------------------------------------------------------------
+RELEASE = SWEEPS / "irepa-release-sitxl-100k.yaml"
+TABLE4_ENCODERS = [  # iREPA Table 4 (+ CLIP-L from Table 8)
+    "dinov2-vit-b",
+    "dinov3-vit-b16",
+    "webssl-vit-dino1b_full2b_224",
+    "pe-vit-g",
+    "clip-vit-L",
+]
+
+
+@pytest.mark.parametrize("name", [*sorted(PRESETS), RELEASE.stem])
+def test_paper_preset_header_names_its_published_table(name):
+    header = []
+    for line in (SWEEPS / f"{name}.yaml").read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line)
+    text = " ".join(header)
+    assert re.search(r"arXiv 2(512\.10794|410\.06940)", text)
+    assert re.search(r"\b(Table|Tables) \d", text)
+
+
+def test_release_preset_differs_from_the_paper_preset_only_in_the_released_values():
+    paper = load_sweep(SWEEPS / "irepa-sitxl-100k.yaml").to_dict()
+    release = load_sweep(RELEASE).to_dict()
+    assert release["encoders"] == TABLE4_ENCODERS
+    assert release["align"]["irepa"]["kernel_size"] == 1  # ldm/train.py default
+    assert release["align"]["irepa"]["proj_coeff"] == 1.0  # ldm/configs/irepa.yaml
+    assert release["train"]["latent_stats"] == "data/irepa-latent-stats.npz"
+    for doc in (paper, release):
+        for key in ("name", "description", "encoders"):
+            doc.pop(key)
+        doc["align"]["irepa"].pop("kernel_size")
+        doc["align"]["irepa"].pop("proj_coeff")
+        doc["train"].pop("latent_stats")
+    assert release == paper  # everything else (REPA baseline, γ, SDE, FID-50K ...) is shared
+
+
+def test_release_preset_validates_and_dry_run_plans_1x1_projectors_with_lambda_1(
+    tmp_path, capsys, monkeypatch, catalogue
+):
+    monkeypatch.chdir(tmp_path)  # no data/irepa-latent-stats.npz here
+    assert main(["validate", str(REPO / "encoders.yaml"), str(RELEASE)]) == 0
+    capsys.readouterr()
+    results = tmp_path / "results"
+    code = main(
+        ["--results", str(results), "sweep", str(REPO / "encoders.yaml"), "--sweep", str(RELEASE),
+         "--dry-run"]
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0 and "train" in captured.out and not results.exists()
+    assert "not submittable yet" in captured.err
+    assert "train.latent_stats data/irepa-latent-stats.npz does not exist" in captured.err
+    plan = build_plan(catalogue, load_sweep(RELEASE))
+    assert plan.encoders == TABLE4_ENCODERS
+    runs = [s.config["run"] for s in plan.stages if s.stage == "train"]
+    assert len(runs) == 2 * 5 + 1
+    for run in runs:  # every run normalises its latents per channel, as the released train.py
+        assert run["train"]["latent_stats"] == "data/irepa-latent-stats.npz"
+        assert run["model"]["in_channels"] == 4
+    irepa = [r["align"] for r in runs if r["method"] == "irepa"]
+    assert len(irepa) == 5
+    assert all(
+        (a["projector"], a["kernel_size"], a["proj_coeff"]) == ("conv", 1, 1.0) for a in irepa
+    )
+    assert all(a["zscore"] and a["zscore_gamma"] == 0.6 for a in irepa)
+    repa = [r["align"] for r in runs if r["method"] == "repa"]
+    assert all((a["projector"], a["proj_coeff"]) == ("mlp", 0.5) for a in repa)
+
+
+def test_latent_stats_changes_the_train_and_eval_keys_only(catalogue):
+    def keys(*overrides):
+        plan = build_plan(catalogue, load_sweep(RELEASE, overrides))
+        by = {}
+        for s in plan.stages:
+            by.setdefault(s.stage, set()).add(s.key)
+        return by
+
+    release = keys()
+    other = keys("train.latent_stats=data/other-stats.json")
+    scalar = keys("train.latent_stats=null")
+    for variant in (other, scalar):
+        for stage in ("train", "eval"):  # what the normalisation changes: every run and its FID
+            assert release[stage].isdisjoint(variant[stage]), stage
+        for stage in ("latents", "fid_ref", "spatial", "probe"):  # raw VAE moments, real images
+            assert release[stage] == variant[stage], stage

@@ -171,7 +171,9 @@ class TrainConfig(Config):
     #   for small datasets (the CPU study), costs N x T x D x 2 bytes of memory
     vae: str = "stabilityai/sd-vae-ft-mse"  # latent space: diffusers AutoencoderKL repo id
     latent_scale: float = Field(0.18215, gt=0.0)  # latent space: z = (z_vae - bias) * scale
-    latent_stats: str | None = None  # .npz with per-channel `scale`, `bias` (overrides scale)
+    latent_stats: str | None = None  # per-channel normalisation (overrides latent_scale): a
+    #   .npz/.json with `mean`, `std` (z = (z_vae - mean) / std) or `scale`, `bias`, one value per
+    #   latent channel (the released iREPA LDM code; format: harness.train.latent_stats)
     latents: Literal["auto", "cache", "online"] = "auto"  # cache: require `harness prepare`
 
     @field_validator("betas")
@@ -179,6 +181,15 @@ class TrainConfig(Config):
     def _two_betas(cls, value: list[float]) -> list[float]:
         if len(value) != 2 or not all(0.0 <= b < 1.0 for b in value):
             raise ValueError(f"betas must be two numbers in [0, 1), got {value}")
+        return value
+
+    @field_validator("latent_stats")
+    @classmethod
+    def _stats_file_type(cls, value: str | None) -> str | None:
+        if value is not None and not value.endswith((".npz", ".json")):
+            raise ValueError(
+                f"latent_stats must be a .npz or .json file (never a pickle), got {value!r}"
+            )
         return value
 
     @field_validator("keep_steps")

@@ -4,6 +4,8 @@
 
 * the dataset (``data.root`` with ``train/`` and ``val/`` for folder datasets);
 * the reference statistics (the ADM ``.npz`` of ``eval.reference.path``);
+* the per-channel latent statistics (``train.latent_stats``, read by training and by the
+  evals that decode its samples): present, readable, one value per latent channel;
 * the feature extractors' weights (Inception / DINOv2 in the torch.hub cache, or
   ``eval.feature_extractor_weights_path``); the substitute ``harness-cnn`` trains itself;
 * the weights of every encoder (HF hub / torch.hub caches, checkpoint files, package files),
@@ -40,7 +42,11 @@ def check_inputs(plan: Plan, todo: Iterable[PlannedStage] | None = None) -> None
 
     stages = list(plan.stages if todo is None else todo)
     kinds = {s.stage for s in stages}
-    problems = [*_data_problems(plan, kinds), *_extractor_problems(plan, kinds)]
+    problems = [
+        *_data_problems(plan, kinds),
+        *_latent_stats_problems(plan, kinds),
+        *_extractor_problems(plan, kinds),
+    ]
     weights = []
     for problem in _encoder_problems(stages):
         (weights if isinstance(problem, MissingWeights) else problems).append(problem)
@@ -84,6 +90,29 @@ def _data_problems(plan: Plan, kinds: set[str]) -> list[HarnessError]:
                     "eval.reference.path; " + CPU_STUDY_HINT,
                 )
             )
+    return problems
+
+
+def _latent_stats_problems(plan: Plan, kinds: set[str]) -> list[HarnessError]:
+    """``train.latent_stats`` of the latent-space runs, read as training and eval will read it."""
+    if not kinds & {"train", "eval"}:
+        return []
+    from harness.train.latent_stats import read_latent_stats
+
+    problems: list[HarnessError] = []
+    seen: set[tuple[str, int]] = set()
+    for stage in plan.stages:
+        run = stage.config.get("run") if stage.stage == "train" else None
+        if not run or run["model"]["space"] != "latent" or not run["train"]["latent_stats"]:
+            continue
+        check = (run["train"]["latent_stats"], run["model"]["in_channels"] or 4)
+        if check in seen:
+            continue
+        seen.add(check)
+        try:
+            read_latent_stats(*check)
+        except HarnessError as exc:
+            problems.append(exc)
     return problems
 
 

@@ -30,6 +30,7 @@ from harness.io import content_hash, make_dirs, share, write_json
 from harness.logs import event, get_logger
 from harness.progress import progress
 from harness.train.data import model_to_pixels, pixels_to_model
+from harness.train.latent_stats import read_latent_stats
 
 log = get_logger(__name__)
 
@@ -98,24 +99,17 @@ class LatentScaling:
     @classmethod
     def from_config(cls, cfg: TrainConfig, channels: int = 4) -> LatentScaling:
         """Scalar ``latent_scale`` (bias 0), or per-channel ``scale``/``bias`` from the
-        ``latent_stats`` .npz (iREPA/REPA-E style)."""
+        ``latent_stats`` file (iREPA release / REPA-E style; format: ``harness.train.latent_stats``).
+
+        Raises:
+            DataError: the stats file is missing, malformed or has the wrong channel count.
+        """
         if cfg.latent_stats is None:
             return cls(torch.full((channels,), cfg.latent_scale), torch.zeros(channels))
-        path = Path(cfg.latent_stats)
-        try:
-            with np.load(path) as stats:
-                scale = torch.as_tensor(stats["scale"], dtype=torch.float32).reshape(-1)
-                bias = torch.as_tensor(stats["bias"], dtype=torch.float32).reshape(-1)
-        except (OSError, KeyError, ValueError) as exc:
-            raise ArtifactError(
-                f"train.latent_stats {path}: cannot read per-channel 'scale' and 'bias': {exc}"
-            ) from exc
-        if scale.numel() != channels or bias.numel() != channels:
-            raise ArtifactError(
-                f"train.latent_stats {path}: expected {channels} channels, got "
-                f"scale {scale.numel()} / bias {bias.numel()}"
-            )
-        return cls(scale, bias)
+        scale, bias = read_latent_stats(cfg.latent_stats, channels)  # float64 (C,)
+        return cls(
+            torch.as_tensor(scale, dtype=torch.float32), torch.as_tensor(bias, dtype=torch.float32)
+        )
 
     def to(self, device: torch.device | str) -> LatentScaling:
         return LatentScaling(self.scale.to(device), self.bias.to(device))
