@@ -146,6 +146,32 @@ def test_bench_checks_the_encoder_name_before_building(capsys) -> None:
     assert "unknown encoder 'dinov2-b' (did you mean 'dinov2-vit-b'?)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("device", "flags", "expected"),
+    [
+        ("cpu", [], ("fp32", 2)),  # a 2-core CPU: fp32, one worker per core
+        ("cuda", [], ("bf16", 4)),
+        ("cpu", ["--precision", "bf16", "--num-workers", "3"], ("bf16", 3)),  # given: kept
+    ],
+)
+def test_bench_defaults_follow_the_device(
+    monkeypatch: pytest.MonkeyPatch, device: str, flags: list[str], expected: tuple[str, int]
+) -> None:
+    import harness.train.bench as bench
+    from harness.errors import HarnessError
+
+    seen = {}
+
+    def setup(**kwargs):
+        seen.update(kwargs)
+        raise HarnessError("stop before building")
+
+    monkeypatch.setattr(bench.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(bench, "bench_setup", setup)
+    assert cli.main(["bench", "train", "--device", device, *flags]) == 2
+    assert (seen["precision"], seen["num_workers"]) == expected
+
+
 def test_user_error_exits_2_with_one_clear_message(tmp_path: Path) -> None:
     missing = tmp_path / "nope.yaml"
     proc = _run_cli("validate", str(missing))
