@@ -284,3 +284,26 @@ def test_validate_cli_rejects_malformed_files(tmp_path: Path) -> None:
         assert f"{tmp_path / name}{expected}" in proc.stderr
     assert f"{tmp_path / 'missing.yaml'}: no such file" in proc.stderr
     assert proc.stdout == ""  # nothing was valid
+
+
+def test_a_sweep_file_given_to_train_is_named_as_one(capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.cli import main
+    from harness.config.run import EXAMPLE_RUN, RunConfig, load_run
+
+    repo = Path(__file__).resolve().parents[1]
+    sweep = repo / "sweeps" / "cpu-study.yaml"
+    assert main(["train", str(sweep)]) == 2
+    err = capsys.readouterr().err
+    assert "this is a sweep file" in err
+    assert f"use `harness sweep encoders.yaml --sweep {sweep}`" in err
+    assert "unknown key" not in err and EXAMPLE_RUN in err
+    assert isinstance(load_run(repo / EXAMPLE_RUN), RunConfig)  # the example is a valid run
+
+
+def test_one_sweep_key_in_a_run_config_is_an_unknown_key(tmp_path: Path) -> None:
+    from harness.config.run import load_run
+
+    run = tmp_path / "run.yaml"
+    run.write_text("method: none\nseeds: [0]\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"run.yaml:2: seeds: unknown key \(did you mean 'seed'"):
+        load_run(run)
