@@ -135,6 +135,9 @@ def test_cli_metrics_writes_result_json_and_skips_finished(tmp_path: Path, capsy
         str(tmp_path),
     ]
     assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()  # one line per encoder, with its settings
+    assert [line.split(":")[0] for line in lines] == ["pixels", "noise"]
+    assert all("12 images, 64 px, grid 4x4, real weights: lds=" in line for line in lines)
     results = sorted((tmp_path / "stages" / "spatial").glob("*/result.json"))
     assert len(results) == 2
     records = [json.loads(p.read_text()) for p in results]
