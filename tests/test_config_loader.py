@@ -99,7 +99,16 @@ ERROR_CASES = [
     Case(
         "not positive", "train:\n  lr: -1e-4\n", ("{f}:2:", "train.lr", "greater than 0", "-0.0001")
     ),
-    Case("yaml syntax", "train: [1, 2\n", ("{f}:2:1:", "YAML syntax error")),
+    Case(
+        "unclosed list",
+        "train: [1, 2\n",
+        ("{f}:1:8:", "YAML syntax error", "[ list is never closed", "the file ends first"),
+    ),
+    Case(
+        "unclosed quote",
+        'name: a\ndescription: "runs\ntrain:\n  steps: 2\n',
+        ("{f}:2:14:", "YAML syntax error", "quoted string is never closed"),
+    ),
     Case("bad indentation", "train:\n  steps: 1\n steps: 2\n", ("{f}:3:2:", "YAML syntax error")),
     Case("tab indentation", "train:\n\tsteps: 1\n", ("{f}:2:1:", "YAML syntax error")),
     Case("empty file", "", ("{f}:1:", "file is empty")),
@@ -117,14 +126,24 @@ ERROR_CASES = [
     Case(
         "--set wrong type",
         "train:\n  steps: 5\n",
-        ("{f} (--set)", "train.steps", "integer", "'abc'"),
+        ("--set train.steps=abc: train.steps:", "integer", "'abc'"),
         overrides=("train.steps=abc",),
     ),
     Case(
         "--set unknown key",
         "train:\n  steps: 5\n",
-        ("{f} (--set)", "train.stepz", "did you mean 'steps'", "allowed keys: lr, mode, steps"),
+        (
+            "--set train.stepz=1: train.stepz:",
+            "did you mean 'steps'",
+            "allowed keys: lr, mode, steps",
+        ),
         overrides=("train.stepz=1",),
+    ),
+    Case(
+        "--set unknown section",
+        "# a comment\n\nname: a\ntrain:\n  steps: 5\n",
+        ("--set nonexistent.key=1: nonexistent: unknown key", "allowed keys: methods, name, train"),
+        overrides=("nonexistent.key=1",),
     ),
     Case(
         "--set without =",
@@ -258,7 +277,7 @@ def test_model_validator_error_points_at_its_key(tmp_path: Path) -> None:
 BAD_FILES = {
     "empty.yaml": ("", ":1: file is empty"),
     "comments.yaml": ("# only a comment\n", ":1: file holds no YAML document"),
-    "syntax.yaml": ("data: [1, 2\n", ":2:1: YAML syntax error"),
+    "syntax.yaml": ("data: [1, 2\n", ":1:7: YAML syntax error"),
     "list.yaml": ("- encoders\n", ":1: top level must be a mapping"),
     "duplicate.yaml": ("name: a\nname: b\n", ":2: name: duplicate key"),
     "tabs.yaml": ("data:\n\tseed: 1\n", ":2:1: YAML syntax error"),

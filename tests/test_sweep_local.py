@@ -156,7 +156,7 @@ def test_malformed_sweep_file_exits_2(tmp_path, capsys):
     bad.write_text("name: bad\nmodels: [SiT-T/4\n")
     code = harness(tmp_path / "results", "sweep", CATALOGUE, "--sweep", str(bad), "--dry-run")
     assert code == 2
-    assert "bad.yaml:3:1: YAML syntax error" in capsys.readouterr().err
+    assert "bad.yaml:2:9: YAML syntax error: this [ list is never closed" in capsys.readouterr().err
 
 
 def test_concurrent_submissions_are_serialised(tmp_path):
