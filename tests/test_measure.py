@@ -187,3 +187,22 @@ def test_cli_encoders_list_check_fetch(capsys) -> None:
     assert "did you mean 'pixels'" in capsys.readouterr().err
     assert main(["encoders", "fetch", "dinov2-vit-b", "--catalogue", catalogue]) == 2
     assert "fetching needs internet" in capsys.readouterr().out
+
+
+def test_encoder_tables_fit_120_columns_with_errors_as_notes_below(capsys, monkeypatch) -> None:
+    catalogue = str(ROOT / "encoders.yaml")
+    monkeypatch.setenv("COLUMNS", "400")  # a wide terminal: the tables still fit 120 columns
+    assert main(["encoders", "list", "--catalogue", catalogue]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= 120
+    rows = [line for line in lines if line.split(" ")[0] in {"dinov2-vit-b", "mocov3-vit-b"}]
+    assert len(rows) == 2 and "vit_base_patch14_dinov2.lvd142m" in rows[0]  # not folded
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    argv = ["encoders", "check", "pixels", "mocov3-vit-b", "--grid", "2", "--batch", "2"]
+    assert main([*argv, "--catalogue", catalogue]) == 2
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= 120
+    (row,) = [line for line in lines if line.startswith("mocov3-vit-b ")]
+    assert row.split()[-2:] == ["error", "[1]"]  # the table holds only the note's number
+    note = lines.index(next(line for line in lines if line.startswith("[1] mocov3-vit-b: ")))
+    assert lines.index(row) < note and "ckpts/mocov3_vitb.pth does not exist" in lines[note]
