@@ -36,8 +36,10 @@ def progress(
     desc: str = "",
     unit: str = "it",
     initial: int = 0,
+    transient: bool = False,
 ) -> Iterator[T] | tqdm:
-    """A tqdm bar with rate and ETA. ``HARNESS_PROGRESS=0`` disables bars."""
+    """A tqdm bar with rate and ETA. ``HARNESS_PROGRESS=0`` disables bars; a ``transient`` bar
+    is erased when it closes (its caller prints the one line that sums it up)."""
     disabled = os.environ.get("HARNESS_PROGRESS", "1") == "0"
     interactive = sys.stderr.isatty()
     return tqdm(
@@ -52,5 +54,5 @@ def progress(
         bar_format=None if interactive else PIPED_FORMAT,
         mininterval=0.5 if interactive else PIPED_INTERVAL_S,
         delay=0.0 if interactive else PIPED_INTERVAL_S,  # piped: no line for work under 30 s
-        leave=interactive,
+        leave=interactive and not transient,
     )

@@ -146,6 +146,32 @@ def test_bench_checks_the_encoder_name_before_building(capsys) -> None:
     assert "unknown encoder 'dinov2-b' (did you mean 'dinov2-vit-b'?)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("device", "flags", "expected"),
+    [
+        ("cpu", [], ("fp32", 2)),  # a 2-core CPU: fp32, one worker per core
+        ("cuda", [], ("bf16", 4)),
+        ("cpu", ["--precision", "bf16", "--num-workers", "3"], ("bf16", 3)),  # given: kept
+    ],
+)
+def test_bench_defaults_follow_the_device(
+    monkeypatch: pytest.MonkeyPatch, device: str, flags: list[str], expected: tuple[str, int]
+) -> None:
+    import harness.train.bench as bench
+    from harness.errors import HarnessError
+
+    seen = {}
+
+    def setup(**kwargs):
+        seen.update(kwargs)
+        raise HarnessError("stop before building")
+
+    monkeypatch.setattr(bench.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(bench, "bench_setup", setup)
+    assert cli.main(["bench", "train", "--device", device, *flags]) == 2
+    assert (seen["precision"], seen["num_workers"]) == expected
+
+
 def test_user_error_exits_2_with_one_clear_message(tmp_path: Path) -> None:
     missing = tmp_path / "nope.yaml"
     proc = _run_cli("validate", str(missing))
@@ -264,3 +290,18 @@ def test_data_preview_writes_grid_overlay_and_stats(tmp_path: Path) -> None:
     grid, overlay = Image.open(out), Image.open(tmp_path / "preview" / "grid_masks.png")
     assert grid.size == overlay.size == (3 * 96, 3 * (96 + 12))  # 3x3 tiles of 32 px x3
     assert grid.tobytes() != overlay.tobytes()
+
+
+def test_sample_grid_upscales_small_images_to_visible_tiles(tmp_path: Path) -> None:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from harness.cli.sample import _save_grid
+
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    _save_grid(images, tmp_path / "grid.png")
+    grid = np.asarray(Image.open(tmp_path / "grid.png"))
+    assert grid.shape == (2 + 2 * (96 + 2), 2 + 2 * (96 + 2), 3)  # 2 x 2 tiles of 96 px
+    first = grid[2 : 2 + 96, 2 : 2 + 96]  # the first tile, nearest-neighbour x3
+    assert np.array_equal(first, images[0].permute(1, 2, 0).numpy().repeat(3, 0).repeat(3, 1))

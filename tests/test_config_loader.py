@@ -99,7 +99,16 @@ ERROR_CASES = [
     Case(
         "not positive", "train:\n  lr: -1e-4\n", ("{f}:2:", "train.lr", "greater than 0", "-0.0001")
     ),
-    Case("yaml syntax", "train: [1, 2\n", ("{f}:2:1:", "YAML syntax error")),
+    Case(
+        "unclosed list",
+        "train: [1, 2\n",
+        ("{f}:1:8:", "YAML syntax error", "[ list is never closed", "the file ends first"),
+    ),
+    Case(
+        "unclosed quote",
+        'name: a\ndescription: "runs\ntrain:\n  steps: 2\n',
+        ("{f}:2:14:", "YAML syntax error", "quoted string is never closed"),
+    ),
     Case("bad indentation", "train:\n  steps: 1\n steps: 2\n", ("{f}:3:2:", "YAML syntax error")),
     Case("tab indentation", "train:\n\tsteps: 1\n", ("{f}:2:1:", "YAML syntax error")),
     Case("empty file", "", ("{f}:1:", "file is empty")),
@@ -117,14 +126,24 @@ ERROR_CASES = [
     Case(
         "--set wrong type",
         "train:\n  steps: 5\n",
-        ("{f} (--set)", "train.steps", "integer", "'abc'"),
+        ("--set train.steps=abc: train.steps:", "integer", "'abc'"),
         overrides=("train.steps=abc",),
     ),
     Case(
         "--set unknown key",
         "train:\n  steps: 5\n",
-        ("{f} (--set)", "train.stepz", "did you mean 'steps'", "allowed keys: lr, mode, steps"),
+        (
+            "--set train.stepz=1: train.stepz:",
+            "did you mean 'steps'",
+            "allowed keys: lr, mode, steps",
+        ),
         overrides=("train.stepz=1",),
+    ),
+    Case(
+        "--set unknown section",
+        "# a comment\n\nname: a\ntrain:\n  steps: 5\n",
+        ("--set nonexistent.key=1: nonexistent: unknown key", "allowed keys: methods, name, train"),
+        overrides=("nonexistent.key=1",),
     ),
     Case(
         "--set without =",
@@ -258,7 +277,7 @@ def test_model_validator_error_points_at_its_key(tmp_path: Path) -> None:
 BAD_FILES = {
     "empty.yaml": ("", ":1: file is empty"),
     "comments.yaml": ("# only a comment\n", ":1: file holds no YAML document"),
-    "syntax.yaml": ("data: [1, 2\n", ":2:1: YAML syntax error"),
+    "syntax.yaml": ("data: [1, 2\n", ":1:7: YAML syntax error"),
     "list.yaml": ("- encoders\n", ":1: top level must be a mapping"),
     "duplicate.yaml": ("name: a\nname: b\n", ":2: name: duplicate key"),
     "tabs.yaml": ("data:\n\tseed: 1\n", ":2:1: YAML syntax error"),
@@ -284,3 +303,26 @@ def test_validate_cli_rejects_malformed_files(tmp_path: Path) -> None:
         assert f"{tmp_path / name}{expected}" in proc.stderr
     assert f"{tmp_path / 'missing.yaml'}: no such file" in proc.stderr
     assert proc.stdout == ""  # nothing was valid
+
+
+def test_a_sweep_file_given_to_train_is_named_as_one(capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.cli import main
+    from harness.config.run import EXAMPLE_RUN, RunConfig, load_run
+
+    repo = Path(__file__).resolve().parents[1]
+    sweep = repo / "sweeps" / "cpu-study.yaml"
+    assert main(["train", str(sweep)]) == 2
+    err = capsys.readouterr().err
+    assert "this is a sweep file" in err
+    assert f"use `harness sweep encoders.yaml --sweep {sweep}`" in err
+    assert "unknown key" not in err and EXAMPLE_RUN in err
+    assert isinstance(load_run(repo / EXAMPLE_RUN), RunConfig)  # the example is a valid run
+
+
+def test_one_sweep_key_in_a_run_config_is_an_unknown_key(tmp_path: Path) -> None:
+    from harness.config.run import load_run
+
+    run = tmp_path / "run.yaml"
+    run.write_text("method: none\nseeds: [0]\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"run.yaml:2: seeds: unknown key \(did you mean 'seed'"):
+        load_run(run)

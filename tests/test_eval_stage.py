@@ -357,18 +357,28 @@ def test_mismatched_image_sizes(results_root: Path, reference: Path) -> None:
         )
 
 
-def test_fewer_samples_than_feature_dimensions(results_root: Path, reference: Path) -> None:
-    with pytest.raises(
-        StageError, match="12 feature vectors of dimension 16 give a singular covariance"
-    ):
-        evaluate_checkpoint(
-            "t.pt",
-            eval_config(num_samples=12, metrics={"kid": False, "prc": False}),
-            results_root / "e",
-            reference_dir=reference,
-            step=1,
-            source=toy_source(),
-        )
+def test_fewer_samples_than_feature_dimensions_fail_before_sampling(
+    results_root: Path, reference: Path
+) -> None:
+    def never(labels: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("sampled although the Fréchet distance cannot use the samples")
+
+    source = SampleSource(never, 4, "toy-run", {"model": "toy-v1"}, resolution=32)
+    for option in ("eval.num_samples", "--num-samples"):
+        with pytest.raises(ConfigError) as info:
+            evaluate_checkpoint(
+                "t.pt",
+                eval_config(num_samples=12, metrics={"kid": False, "prc": False}),
+                results_root / "e",
+                reference_dir=reference,
+                step=1,
+                source=source,
+                num_samples_option=option,
+            )
+        assert info.value.exit_code == 2
+        assert f"{option} 12: too few samples for FID" in info.value.message
+        assert "16 dimensions" in info.value.message and "the minimum is 17" in info.value.message
+    assert not (results_root / "e").exists()
 
 
 def test_samples_of_another_model_are_never_mixed_in(results_root: Path, reference: Path) -> None:

@@ -128,6 +128,9 @@ CASES: dict[str, Case] = {
     "harness cancel --sweep tiny": AS_WRITTEN,
     "harness cancel --sweep tiny --stage eval": AS_WRITTEN,
     # train
+    "harness train sweeps/examples/run-tiny.yaml --catalogue encoders.yaml --device cpu": (
+        AS_WRITTEN
+    ),
     "harness train run.yaml --catalogue encoders.yaml": AS_WRITTEN,
     "harness train run.yaml --set train.steps=1000 --out /tmp/run1 --device cpu": Case(
         replace={"train.steps=1000": "train.steps=3", "/tmp/run1": "run1"}

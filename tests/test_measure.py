@@ -135,6 +135,9 @@ def test_cli_metrics_writes_result_json_and_skips_finished(tmp_path: Path, capsy
         str(tmp_path),
     ]
     assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()  # one line per encoder, with its settings
+    assert [line.split(":")[0] for line in lines] == ["pixels", "noise"]
+    assert all("12 images, 64 px, grid 4x4, real weights: lds=" in line for line in lines)
     results = sorted((tmp_path / "stages" / "spatial").glob("*/result.json"))
     assert len(results) == 2
     records = [json.loads(p.read_text()) for p in results]
@@ -185,3 +188,22 @@ def test_cli_encoders_list_check_fetch(capsys) -> None:
     assert main(["encoders", "fetch", "dinov2-vit-b", "--catalogue", catalogue]) == 2
     err = capsys.readouterr().err
     assert "needs the network" in err and "on a machine with internet" in err
+
+
+def test_encoder_tables_fit_120_columns_with_errors_below(capsys, monkeypatch) -> None:
+    catalogue = str(ROOT / "encoders.yaml")
+    monkeypatch.setenv("COLUMNS", "400")  # a wide terminal: the tables still fit 120 columns
+    assert main(["encoders", "list", "--catalogue", catalogue]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= 120
+    rows = [line for line in lines if line.split(" ")[0] in {"dinov2-vit-b", "mocov3-vit-b"}]
+    assert len(rows) == 2 and "vit_base_patch14_dinov2.lvd142m" in rows[0]  # not folded
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    argv = ["encoders", "check", "pixels", "mocov3-vit-b", "--grid", "2", "--batch", "2"]
+    assert main([*argv, "--catalogue", catalogue]) == 2
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert max(len(line) for line in lines) <= 120
+    (row,) = [line for line in lines if line.startswith("mocov3-vit-b ")]
+    assert row.split()[-3:] == ["weights", "(see", "below)"]  # the table holds no message
+    assert "mocov3_vitb.pth" in captured.err and "mocov3_vitb.pth" not in captured.out

@@ -3,6 +3,8 @@ vectorised lr grid, subsets, bad input, and the encoder stage with its feature c
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -121,8 +123,8 @@ def control(name: str, dim: int):
 def test_encoder_probe_stage_caches_features_and_ranks_controls(results_root) -> None:
     from harness.eval.probe import run_probe
 
-    cnn = run_probe(control("random-cnn", 64), SMALL, STAGE, results_root / "p", grid=(8, 8))
-    noise = run_probe(control("noise", 32), SMALL, STAGE, results_root / "n", grid=(8, 8))
+    cnn = run_probe(control("random-cnn", 64), SMALL, STAGE, grid=(8, 8))
+    noise = run_probe(control("noise", 32), SMALL, STAGE, grid=(8, 8))
     keys = {"encoder", "pooling", "top1", "top5", "best_lr", "grid", "n_train", "n_val"}
     for payload in (cnn, noise):
         assert keys | {"subset_per_class", "features_key"} <= set(payload)
@@ -133,10 +135,10 @@ def test_encoder_probe_stage_caches_features_and_ranks_controls(results_root) ->
     with np.load(cache) as npz:
         assert npz["train_x"].dtype == np.float16 and npz["train_x"].shape == (400, 64)
     mtime = cache.stat().st_mtime_ns
-    again = run_probe(control("random-cnn", 64), SMALL, STAGE, results_root / "p2", grid=(8, 8))
+    again = run_probe(control("random-cnn", 64), SMALL, STAGE, grid=(8, 8))
     assert cache.stat().st_mtime_ns == mtime and again["top1"] == cnn["top1"]
     cls_cfg = STAGE.model_copy(update={"pooling": "cls"})
-    cls = run_probe(control("random-cnn", 64), SMALL, cls_cfg, results_root / "c", grid=(8, 8))
+    cls = run_probe(control("random-cnn", 64), SMALL, cls_cfg, grid=(8, 8))
     assert cls["features_key"] != cnn["features_key"]
 
 
@@ -156,22 +158,20 @@ def test_sit_hidden_state_probe(results_root, sit_checkpoints) -> None:
     from harness.eval.sit_probe import run_sit_probe
 
     ckpt = sit_checkpoints[0.1] / "checkpoints" / "step_0000002.pt"
-    payload = run_sit_probe(ckpt, STAGE, results_root / "s", block=2, noise_t=0.25)
+    payload = run_sit_probe(ckpt, STAGE, block=2, noise_t=0.25)
     assert (payload["step"], payload["block"], payload["noise_t"]) == (2, 2, 0.25)
     assert payload["feature_dim"] == 64 and payload["run_id"].startswith("none__none__sit-t4")
     assert 0.0 <= payload["top1"] <= 1.0 and payload["n_val"] == 200
-    assert run_sit_probe(ckpt, STAGE, results_root / "s2", block=2, noise_t=0.25) == payload
-    other_block = run_sit_probe(ckpt, STAGE, results_root / "s3", block=1, noise_t=0.25)
+    assert run_sit_probe(ckpt, STAGE, block=2, noise_t=0.25) == payload
+    other_block = run_sit_probe(ckpt, STAGE, block=1, noise_t=0.25)
     assert other_block["features_key"] != payload["features_key"]
     with pytest.raises(StageError, match=r"block 5 is outside SiT-T/4's blocks 1\.\.4"):
-        run_sit_probe(ckpt, STAGE, results_root / "x", block=5)
+        run_sit_probe(ckpt, STAGE, block=5)
     with pytest.raises(StageError, match="no CLS token"):
-        run_sit_probe(
-            ckpt, STAGE.model_copy(update={"pooling": "cls"}), results_root / "x", block=2
-        )
+        run_sit_probe(ckpt, STAGE.model_copy(update={"pooling": "cls"}), block=2)
     no_null = sit_checkpoints[0.0] / "checkpoints" / "step_0000002.pt"
     with pytest.raises(StageError, match="no null label"):
-        run_sit_probe(no_null, STAGE, results_root / "x", block=2)
+        run_sit_probe(no_null, STAGE, block=2)
 
 
 def test_probe_cli_on_sit_hidden_states(results_root, sit_checkpoints, capsys) -> None:
@@ -189,3 +189,19 @@ def test_probe_cli_on_sit_hidden_states(results_root, sit_checkpoints, capsys) -
     assert result["status"] == "done" and result["payload"]["block"] == 2
     assert main(["probe", "--sit", str(sit_checkpoints[0.1])]) == 2  # no --block
     assert "--block" in capsys.readouterr().err
+
+
+def test_interrupted_probe_leaves_no_stage_folder(results_root, monkeypatch, capsys) -> None:
+    """A probe stopped before its result (Ctrl-C, a kill) leaves no empty stage folder behind."""
+    import harness.eval.probe as probe_module
+    from harness.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(probe_module, "cached_probe", interrupted)
+    catalogue = str(Path(__file__).parents[1] / "encoders.yaml")
+    args = ["probe", catalogue, "--encoders", "noise", "--random-weights", "--grid", "4"]
+    assert main(args) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert not (results_root / "stages").exists()

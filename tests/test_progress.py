@@ -29,3 +29,29 @@ def test_piped_progress_is_plain_lines_without_redraws():
     lines = err.splitlines()
     assert all(line.startswith("stages: ") for line in lines), lines
     assert lines[-1].startswith("stages: 3/3") and "last: train c done" in lines[-1]
+
+
+def test_a_transient_bar_is_erased_on_a_terminal(monkeypatch):
+    """On a terminal a bar stays when done, unless transient (its caller prints one line)."""
+    import io
+
+    import harness.progress as hp
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    monkeypatch.setenv("HARNESS_PROGRESS", "1")
+    kept = hp.progress(total=2, desc="kept")
+    kept.update(2)
+    kept.close()
+    assert screen.getvalue().endswith("\n")  # the finished bar stays on its own line
+    shown = len(screen.getvalue())
+    erased = hp.progress(total=2, desc="erased", transient=True)
+    erased.update(2)
+    erased.close()
+    after = screen.getvalue()[shown:]
+    assert "\n" not in after and after.endswith("\r")  # the line is blanked, the cursor back
+    assert after.split("\r")[-2].strip() == ""

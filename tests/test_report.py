@@ -410,6 +410,19 @@ def test_small_n_is_warned(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- bad input
 
 
+@pytest.mark.parametrize("exists", [False, True])
+def test_report_without_results_says_so_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], exists: bool
+) -> None:
+    root = tmp_path / "results"
+    if exists:
+        root.mkdir()
+    assert main(["report", "--results", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert f"no results in {root} (run `harness sweep ...` first)" in err
+    assert sorted(tmp_path.rglob("*")) == ([root] if exists else [])
+
+
 def test_empty_database_says_what_to_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -448,8 +461,9 @@ def test_step_and_sweep_options(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert set(ctx.study.points.step) == {100}
     with pytest.raises(HarnessError, match="did you mean 'synthetic'"):
         _report(tmp_path, sweep="synthetik")
-    assert main(["report", "--results", str(tmp_path), "--no-ingest", "--n-boot", "-1"]) == 2
-    assert "--n-boot" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:  # argparse's range check: a usage error
+        main(["report", "--results", str(tmp_path), "--no-ingest", "--n-boot", "-1"])
+    assert exited.value.code == 2 and "--n-boot" in capsys.readouterr().err
     out = tmp_path / "cli-out"
     assert (
         main(

@@ -473,6 +473,39 @@ def test_query_command_is_read_only_and_explains_errors(
     assert isinstance(json.loads(table)[0]["labels"], dict)  # JSON columns come out as objects
 
 
+@pytest.mark.parametrize(
+    ("sql", "reason"),
+    [
+        ("COPY (SELECT 1) TO '{out}'", "COPY"),
+        ("SELECT 1; COPY (SELECT 1) TO '{out}' (FORMAT json)", "COPY"),
+        ("EXPORT DATABASE '{out}'", "EXPORT"),
+        ("ATTACH '{out}' AS other", "ATTACH"),
+        ("INSTALL httpfs", "INSTALL"),
+        ("LOAD json", "LOAD"),
+        ("SET threads = 1", "SET"),
+        ("PRAGMA enable_profiling", "PRAGMA"),
+        ("SET profiling_output = '{out}'", "SET"),
+        ("PREPARE p AS COPY (SELECT 1) TO '{out}'", "COPY"),
+        ("CHECKPOINT", "CALL"),
+        ("CREATE PERSISTENT SECRET s (TYPE s3, KEY_ID 'k', SECRET 'v')", "SECRET"),
+    ],
+)
+def test_query_refuses_statements_that_write_files_or_change_state(
+    results_root: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path, sql: str, reason: str
+) -> None:
+    write_study(results_root, SMALL)
+    ingest(results_root)
+    out = tmp_path / "out"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["--results", str(results_root), "query", sql.format(out=out)]) == 2
+    err = capsys.readouterr().err
+    assert "read-only: refused" in err and reason in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+    for allowed in ("SHOW TABLES", "PRAGMA table_info('runs')", "DESCRIBE runs",
+                    "PREPARE p AS SELECT 1; EXECUTE p"):  # fmt: skip
+        assert main(["--results", str(results_root), "query", allowed]) == 0, allowed
+
+
 def test_store_and_cli_import_without_heavy_libraries() -> None:
     code = (
         "import sys, harness.store.ingest, harness.store.query, harness.cli.ingest, "

@@ -97,6 +97,8 @@ def test_local_executor_runs_jobs_in_subprocesses_on_the_snapshot(tmp_path):
     sha = result["provenance"]["git_sha"]
     snapshots = list((root / "jobs" / "snapshots").iterdir())
     assert len(snapshots) == 1 and (snapshots[0] / "harness" / "stages" / "runner.py").exists()
+    # submitit's folder template jobs/%j is expanded, never left as a literal folder
+    assert sorted(p.name for p in (root / "jobs").iterdir()) == sorted([row["job_id"], "snapshots"])
     # the job's provenance records the snapshot's commit (+ its tree hash when uncommitted)
     assert sha and (snapshots[0].name[:8] in sha if "dirty" in sha else len(sha) == 40)
 
@@ -196,7 +198,7 @@ def test_malformed_sweep_file_exits_2(tmp_path, capsys):
     bad.write_text("name: bad\nmodels: [SiT-T/4\n")
     code = harness(tmp_path / "results", "sweep", CATALOGUE, "--sweep", str(bad), "--dry-run")
     assert code == 2
-    assert "bad.yaml:3:1: YAML syntax error" in capsys.readouterr().err
+    assert "bad.yaml:2:9: YAML syntax error: this [ list is never closed" in capsys.readouterr().err
 
 
 def test_concurrent_submissions_are_serialised(tmp_path):

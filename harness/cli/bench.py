@@ -36,14 +36,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--warmup", type=NON_NEGATIVE_INT, default=3, help="untimed steps first (default 3)"
     )
-    parser.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16")
+    parser.add_argument(
+        "--precision",
+        choices=["bf16", "fp16", "fp32"],
+        help="compute precision (default: bf16 on CUDA, fp32 on the CPU)",
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile the SiT")
     parser.add_argument(
         "--resolution", type=POSITIVE_INT, default=256, help="image side (default 256)"
     )
     parser.add_argument("--space", choices=["latent", "pixel"], default="latent")
     parser.add_argument(
-        "--num-workers", type=NON_NEGATIVE_INT, default=4, help="data-loader workers"
+        "--num-workers",
+        type=NON_NEGATIVE_INT,
+        metavar="N",
+        help="data-loader workers (default: 4 on CUDA, min(4, CPU cores) on the CPU)",
     )
     add_device_argument(parser)
     parser.add_argument("--out", metavar="FILE", help="JSON file for the numbers")
@@ -52,19 +59,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from harness.io import write_json
     from harness.paths import results_root
-    from harness.train.bench import bench_setup, bench_train, format_table
+    from harness.train.bench import bench_setup, bench_train, device_defaults, format_table
 
+    precision, num_workers = device_defaults(args.device)
     run_cfg, catalogue, targets = bench_setup(
         model=args.model,
         method=args.method,
         encoder=args.encoder,
         catalogue=args.catalogue,
         batch=args.batch,
-        precision=args.precision,
+        precision=args.precision or precision,
         compile=args.compile,
         resolution=args.resolution,
         space=args.space,
-        num_workers=args.num_workers,
+        num_workers=num_workers if args.num_workers is None else args.num_workers,
     )
     result = bench_train(
         run_cfg,

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from harness.cli import POSITIVE_INT, Command, add_overrides_argument
+from harness.cli.tiles import zoom
 from harness.errors import ConfigError
 
-TILE_MIN = 96  # tiles are upscaled (nearest) to at least this many pixels
 LABEL_HEIGHT = 12  # pixels of the caption strip under each tile
 
 
@@ -125,8 +125,7 @@ def render_grids(batch: dict[str, Any], class_names: list[str]) -> tuple[Any, An
     tinted = images.astype(np.float32)
     tinted[masks] = 0.45 * tinted[masks] + 0.55 * np.array([255.0, 0.0, 0.0])
     size = images.shape[1]
-    zoom = max(1, math.ceil(TILE_MIN / size))
-    tile = size * zoom
+    tile = size * zoom(size)
     cols = math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / cols)
     grids = []

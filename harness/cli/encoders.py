@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Any
 
 from harness.cli import POSITIVE_INT, Command
 from harness.errors import HarnessError
@@ -57,60 +58,74 @@ def run(args: argparse.Namespace) -> int:
     return {"list": _list, "check": _check, "fetch": _fetch}[args.action](catalogue, args)
 
 
-def _list(catalogue, args: argparse.Namespace) -> int:
+TABLE_WIDTH = 120  # columns the tables fit (narrower when the terminal is)
+
+
+def _console() -> Any:
+    import shutil
+
     from rich.console import Console
+
+    return Console(width=min(TABLE_WIDTH, shutil.get_terminal_size((TABLE_WIDTH, 24)).columns))
+
+
+def _table(title: str, columns: tuple[str, ...], fold: str) -> Any:
+    """A borderless table; only the ``fold`` column wraps (into the room the others leave)."""
+    from rich import box
     from rich.table import Table
 
+    table = Table(
+        title=title,
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1, 0, 0),
+        show_edge=False,
+        title_justify="left",
+    )
+    for column in columns:
+        table.add_column(column, overflow="fold", no_wrap=column != fold)
+    return table
+
+
+def _model(spec: Any) -> str:
+    """What the entry builds, short: the timm / HF id, or the architecture of a checkpoint."""
+    if spec.source in ("torch_hub", "checkpoint"):
+        model = spec.arch
+    else:
+        model = spec.model_id if spec.pretrained is None else f"{spec.model_id}.{spec.pretrained}"
+    return model + (" (random)" if spec.random_by_design else "")
+
+
+def _list(catalogue, args: argparse.Namespace) -> int:
     specs = [catalogue.get(n) for n in catalogue.names(args.pattern)]
     if not specs:
         raise HarnessError(
             f"no catalogue entry matches {args.pattern!r}", hint="try `harness encoders list`"
         )
-    table = Table(title=f"{args.catalogue}: {len(specs)} encoder(s)")
-    for column in (
-        "name",
-        "family",
-        "source",
-        "model",
-        "input",
-        "grid",
-        "dim",
-        "prefix",
-        "tokens",
-        "iREPA27",
-        "published",
-        "licence",
-    ):
-        table.add_column(column, overflow="fold")
+    columns = ("name", "source", "model", "px", "grid", "dim", "27", "published")
+    table = _table(f"{args.catalogue}: {len(specs)} encoder(s)", columns, fold="model")
     for s in specs:
-        model = s.model_id if s.pretrained is None else f"{s.model_id}.{s.pretrained}"
-        if s.source in ("torch_hub", "checkpoint"):
-            model = f"{s.hub_repo or s.checkpoint}:{s.model_id} -> {s.arch}"
-        tokens = (
-            f"{'last' if s.layer < 0 else f'block {s.layer}'}{', norm' if s.final_norm else ''}"
-        )
         table.add_row(
             s.name,
-            s.family,
             s.source,
-            model + (" (random)" if s.random_by_design else ""),
-            f"{s.resolution} {s.interpolation}",
-            f"{s.native_grid}x{s.native_grid}",
+            _model(s),
+            str(s.resolution),
+            str(s.native_grid),
             str(s.embed_dim),
-            str(s.num_prefix_tokens),
-            tokens,
             "yes" if s.irepa27 else "",
             s.published_name or "",
-            s.license,
         )
-    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    console = _console()
+    console.print(table)
+    console.print(
+        "px: input resolution; grid: native token grid side; 27: one of iREPA's 27 encoders; "
+        "published: its name in the papers. Family, weights, licence, layer and preprocessing "
+        f"of each entry: {args.catalogue}."
+    )
     return 0
 
 
 def _check(catalogue, args: argparse.Namespace) -> int:
     import torch
-    from rich.console import Console
-    from rich.table import Table
 
     from harness.config.data import DataConfig
     from harness.data import build_dataset
@@ -120,14 +135,15 @@ def _check(catalogue, args: argparse.Namespace) -> int:
     specs = catalogue.select(args.names)
     data = DataConfig(resolution=max(16, 16 * args.grid), val_images=args.batch)
     images = build_dataset(data, "val").get_batch(list(range(args.batch)))["image"]
-    table = Table(
-        title=f"encoder check: grid {args.grid}x{args.grid}, batch {args.batch}, "
-        f"{args.device}, {args.dtype}"
+    table = _table(
+        f"encoder check: grid {args.grid}x{args.grid}, batch {args.batch}, "
+        f"{args.device}, {args.dtype}",
+        ("name", "grid", "dim", "params", "images/s", "weights", "status"),
+        fold="weights",
     )
-    for column in ("name", "grid", "dim", "params", "images/s", "weights", "status"):
-        table.add_column(column, overflow="fold")
     failed = 0
     missing: list[MissingWeights] = []
+    notes: list[str] = []  # errors, below the table (numbered in the status column)
     for spec in specs:
         try:
             enc = create_encoder(
@@ -161,8 +177,12 @@ def _check(catalogue, args: argparse.Namespace) -> int:
             table.add_row(spec.name, "", "", "", "", "", "no weights (see below)")
         except HarnessError as exc:
             failed += 1
-            table.add_row(spec.name, "", "", "", "", "", f"error: {exc}")
-    Console(width=None if sys.stdout.isatty() else 200).print(table)
+            notes.append(f"[{len(notes) + 1}] {spec.name}: {exc}")
+            table.add_row(spec.name, "", "", "", "", "", f"error [{len(notes)}]")
+    console = _console()
+    console.print(table)
+    for note in notes:
+        print(_wrapped(note, console.width))
     _report_missing(missing)
     return 2 if failed else 0
 
@@ -173,6 +193,16 @@ def _report_missing(missing: list, lead: str = "") -> None:
 
     if missing:
         print(f"error: {lead}{missing_report(missing)}", file=sys.stderr)
+
+
+def _wrapped(note: str, width: int) -> str:
+    """A numbered note wrapped to ``width``, continuation lines indented under its text."""
+    import textwrap
+
+    return "\n".join(
+        textwrap.fill(line, width, subsequent_indent="    ", break_on_hyphens=False)
+        for line in note.splitlines()
+    )
 
 
 def _fetch(catalogue, args: argparse.Namespace) -> int:

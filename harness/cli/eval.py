@@ -65,7 +65,14 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_sections(args.config, {"eval": EvalConfig}, overrides)["eval"]
     ckpt, step, run_dir = resolve_checkpoint(Path(args.target), args.step)
     payload, out = evaluate_and_record(
-        ckpt, step, cfg, run_dir=run_dir, reference=args.reference, out=args.out, device=args.device
+        ckpt,
+        step,
+        cfg,
+        run_dir=run_dir,
+        reference=args.reference,
+        out=args.out,
+        device=args.device,
+        num_samples_option="--num-samples" if args.num_samples is not None else "eval.num_samples",
     )
     flag = (
         "  (substitute extractor: not an FID)"
@@ -113,6 +120,7 @@ def evaluate_and_record(
     reference: str | None,
     out: str | None,
     device: str | None,
+    num_samples_option: str = "eval.num_samples",
 ) -> tuple[dict[str, Any], Path]:
     """Evaluate ``ckpt`` and write ``result.json`` (only when every metric was computed)."""
     from harness.artifacts import write_result
@@ -140,6 +148,7 @@ def evaluate_and_record(
         step=step,
         device=resolve_device(device),
         expect_model=run.model,
+        num_samples_option=num_samples_option,
     )
     config = {
         "eval": cfg.to_dict(),

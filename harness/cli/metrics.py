@@ -14,8 +14,22 @@ import time
 from harness.cli import NON_NEGATIVE_INT, POSITIVE_INT, Command
 from harness.errors import HarnessError
 
+DEFAULT_RESOLUTION = 64
+DEFAULT_IMAGES = 10_000
+_GRID = DEFAULT_RESOLUTION // 16
+DESCRIPTION = f"""\
+measure encoders' spatial structure (LDS, CDS, SRSS, RMSC) on a dataset
+
+Defaults: {DEFAULT_IMAGES:,} generated {DEFAULT_RESOLUTION}-px images (the default data config),
+a token grid of resolution / 16 = {_GRID}x{_GRID}, and the encoders' real weights.
+These are not the CPU study's (sweeps/cpu-study.yaml: 500 images of its own 32-px data,
+at the SiT's 8x8 token grid), so the numbers do not compare with the study's; the study
+measures its encoders itself (harness sweep ... --sweep sweeps/cpu-study.yaml --only spatial).
+Each encoder's line names the images, resolution, grid and weights (real / random) measured."""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = DESCRIPTION
     parser.add_argument("catalogue", metavar="CATALOGUE", help="encoders.yaml")
     parser.add_argument(
         "--encoders",
@@ -26,9 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-resolution",
         type=POSITIVE_INT,
-        default=64,
+        default=DEFAULT_RESOLUTION,
         metavar="PX",
-        help="generated dataset image side (default 64)",
+        help=f"image side (default {DEFAULT_RESOLUTION}; the CPU study: 32)",
     )
     parser.add_argument(
         "--data-root",
@@ -37,10 +51,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--mask-root", metavar="DIR", help="foreground masks for --data-root")
     parser.add_argument(
-        "--images", type=POSITIVE_INT, default=10_000, help="images per encoder (default 10000)"
+        "--images",
+        type=POSITIVE_INT,
+        default=DEFAULT_IMAGES,
+        help=f"images per encoder (default {DEFAULT_IMAGES}; the CPU study: 500)",
     )
     parser.add_argument(
-        "--grid", type=POSITIVE_INT, help="token grid side (default: resolution / 16)"
+        "--grid",
+        type=POSITIVE_INT,
+        help=f"token grid side (default: resolution / 16 = {_GRID}; the CPU study: 8)",
     )
     parser.add_argument(
         "--batch-size", type=POSITIVE_INT, default=32, help="images per forward (default 32)"
@@ -50,7 +69,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers", type=NON_NEGATIVE_INT, default=0, help="DataLoader workers (default 0)"
     )
-    parser.add_argument("--random-weights", action="store_true", help="random init, no weights")
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="random init, no weights (default: the encoders' real weights)",
+    )
     parser.add_argument("--out", metavar="DIR", help="results root (default --results)")
     parser.add_argument("--force", action="store_true", help="recompute finished measurements")
 
@@ -89,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
         raise HarnessError(f"invalid metric settings: {exc}") from None
     root = results_root(args.out)
     stage = STAGES.get("spatial")
+    weights = "random weights" if args.random_weights else "real weights"
+    setting = f"{data.resolution} px, grid {side}x{side}, {weights}"
     failed = 0
     for spec in specs:
         config = {
@@ -101,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         key = stage.key(config)
         out_dir = stage_dir(root, "spatial", key)
         if is_done(out_dir) and not args.force:
-            print(f"{spec.name}: already measured in {out_dir} (--force to redo)")
+            print(f"{spec.name}: already measured ({setting}) in {out_dir} (--force to redo)")
             continue
         started = time.time()
         try:
@@ -116,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
             )
         except HarnessError as exc:
             failed += 1
-            print(f"{spec.name}: FAILED: {exc}")
+            print(f"{spec.name}: FAILED ({setting}): {exc}")
             continue
         write_result(
             out_dir, stage="spatial", key=key, config=config, payload=payload, started_at=started
@@ -125,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
             f"{k}={v['mean']:.4f}" if v["mean"] is not None else f"{k}=n/a"
             for k, v in payload["metrics"].items()
         )
-        print(f"{spec.name}: {payload['n_images']} images, {means} -> {out_dir}")
+        print(f"{spec.name}: {payload['n_images']} images, {setting}: {means} -> {out_dir}")
     return 2 if failed else 0
 
 

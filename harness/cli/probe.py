@@ -111,7 +111,6 @@ def run(args: argparse.Namespace) -> int:
                 spec,
                 data,
                 cfg,
-                out,
                 grid=grid,
                 device=resolve_device(args.device),
                 random_weights=args.random_weights,
@@ -160,7 +159,6 @@ def run_sit(args: argparse.Namespace) -> int:
     payload = run_sit_probe(
         ckpt,
         cfg,
-        out,
         block=args.block,
         noise_t=args.noise_t,
         step=step,

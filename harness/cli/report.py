@@ -50,9 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from harness.errors import ConfigError
-    from harness.paths import results_root
+    from harness.errors import ConfigError, HarnessError
+    from harness.paths import database_path, results_root
     from harness.report.options import ReportOptions
+    from harness.store.sources import has_artifacts
 
     try:
         options = ReportOptions(
@@ -68,6 +69,12 @@ def run(args: argparse.Namespace) -> int:
         )
         raise ConfigError(f"invalid report option: {problems}") from None
     root = results_root(args.results)
+    if not database_path(root).exists() and not has_artifacts(root):  # and create nothing
+        raise HarnessError(
+            f"no results in {root} (run `harness sweep ...` first)",
+            hint="harness sweep encoders.yaml --sweep sweeps/cpu-study.yaml --wait; or point "
+            "--results (or $HARNESS_RESULTS) at the results folder of a sweep",
+        )
     if not args.no_ingest:
         _ingest(root)
     from harness.report.build import build_report

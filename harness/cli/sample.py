@@ -123,13 +123,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _save_grid(images, path: Path) -> None:
+    """A grid of ``images`` (N, 3, H, W) uint8, each upscaled (nearest) to a visible tile."""
     import math
 
     from PIL import Image
     from torchvision.utils import make_grid
 
+    from harness.cli.tiles import zoom
     from harness.io import atomic_write
 
+    factor = zoom(max(images.shape[-2:]))
+    images = images.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
     grid = make_grid(images, nrow=max(1, round(math.sqrt(len(images)))), padding=2)  # (3, H, W)
     with atomic_write(path) as handle:
         Image.fromarray(grid.permute(1, 2, 0).numpy()).save(handle, format="PNG")

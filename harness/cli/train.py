@@ -2,6 +2,7 @@
 
 Examples::
 
+    harness train sweeps/examples/run-tiny.yaml --catalogue encoders.yaml --device cpu
     harness train run.yaml --catalogue encoders.yaml
     harness train run.yaml --set train.steps=1000 --set model.name=SiT-B/2 --out /tmp/run1
     torchrun --nproc-per-node 8 -m harness train run.yaml --catalogue encoders.yaml
@@ -24,7 +25,12 @@ from harness.cli import POSITIVE_INT, Command, add_overrides_argument, add_trust
 
 def add_run_config_arguments(parser: argparse.ArgumentParser) -> None:
     """CONFIG plus repeatable --set overrides (shared with ``harness prepare``)."""
-    parser.add_argument("config", metavar="CONFIG", help="run config YAML (harness.config.run)")
+    parser.add_argument(
+        "config",
+        metavar="CONFIG",
+        help="run config YAML: one run (e.g. sweeps/examples/run-tiny.yaml; a sweep file is "
+        "for `harness sweep`)",
+    )
     add_overrides_argument(parser)
 
 
@@ -106,6 +112,7 @@ COMMAND = Command(
     name="train",
     help="train one SiT run (REPA / iREPA / none) from a run config; resumes automatically",
     examples="""
+        harness train sweeps/examples/run-tiny.yaml --catalogue encoders.yaml --device cpu
         harness train run.yaml --catalogue encoders.yaml
         harness train run.yaml --set train.steps=1000 --out /tmp/run1 --device cpu
         torchrun --nproc-per-node 8 -m harness train run.yaml --catalogue encoders.yaml

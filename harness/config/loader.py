@@ -90,11 +90,13 @@ _Loader.add_implicit_resolver(
 
 @dataclass
 class YamlDoc:
-    """A parsed YAML document: its data plus the line of every key path (1-based)."""
+    """A parsed YAML document: its data, the line of every key path (1-based) and the
+    ``--set`` option that set (or created) each key path given on the command line."""
 
     path: str
     data: Any
     lines: dict[KeyPath, int] = field(default_factory=dict)
+    set_by: dict[KeyPath, str] = field(default_factory=dict)
 
     def line_of(self, key_path: KeyPath) -> int | None:
         for end in range(len(key_path), -1, -1):
@@ -103,12 +105,14 @@ class YamlDoc:
         return None
 
     def where(self, key_path: KeyPath) -> str:
-        """``file:line`` of ``key_path`` (or of its nearest parent); ``file (--set)`` for a value
-        given on the command line."""
-        line = self.line_of(key_path)
-        if line == 0:
-            return f"{self.path} (--set)"
-        return f"{self.path}:{line}" if line is not None else self.path
+        """``file:line`` of ``key_path`` (or of its nearest parent); ``--set KEY=VALUE`` for a
+        key path that option set or created."""
+        for end in range(len(key_path), -1, -1):
+            if key_path[:end] in self.set_by:
+                return f"--set {self.set_by[key_path[:end]]}"
+            if key_path[:end] in self.lines:
+                return f"{self.path}:{self.lines[key_path[:end]]}"
+        return self.path
 
 
 def _construct(node: yaml.Node, loader: _Loader, doc: YamlDoc, key_path: KeyPath) -> Any:
@@ -162,6 +166,28 @@ def load_yaml(path: str | Path) -> YamlDoc:
     return parse_yaml(text, shown)
 
 
+# what PyYAML's context ("while scanning a quoted scalar") left open when the file ended
+_UNCLOSED = {
+    "quoted scalar": "this quoted string is never closed",
+    "flow sequence": "this [ list is never closed with ]",
+    "flow mapping": "this { mapping is never closed with }",
+}
+
+
+def _syntax_error(name: str, text: str, exc: yaml.MarkedYAMLError) -> str:
+    """``file:line:col: YAML syntax error: ...``; something left open when the file ends is
+    reported where it opens (the end of the file is past its last line)."""
+    mark, problem = exc.problem_mark or exc.context_mark, exc.problem or str(exc)
+    context = (exc.context or "").removeprefix("while scanning a ").removeprefix("while parsing a ")
+    at_end = exc.problem_mark is not None and exc.problem_mark.index >= len(text.rstrip())
+    if at_end and exc.context_mark is not None:
+        mark = exc.context_mark
+        opened = _UNCLOSED.get(context, f"this {context} is never closed")
+        problem = f"{opened}: the file ends first ({problem})"
+    where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+    return f"{name}{where}: YAML syntax error: {problem}"
+
+
 def _too_big(name: str, size: int) -> str:
     return (
         f"{name}: {size:,} bytes; config files are limited to {MAX_FILE_BYTES:,} bytes "
@@ -184,9 +210,7 @@ def parse_yaml(text: str, name: str = "<string>") -> YamlDoc:
             raise ConfigError(f"{name}:1: file holds no YAML document (only comments?)")
         doc.data = _construct(node, loader, doc, ())
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        raise ConfigError(f"{name}{line}: YAML syntax error: {exc.problem or exc}") from None
+        raise ConfigError(_syntax_error(name, text, exc)) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{name}: YAML error: {exc}") from None
     finally:
@@ -232,15 +256,19 @@ def _parse_value(raw: str, name: str) -> Any:
 
 
 def apply_overrides(doc: YamlDoc, overrides: Iterable[str]) -> None:
+    """Set each ``KEY.PATH=VALUE``; the key path, and every mapping it creates, are recorded as
+    set by that option (errors about them name the option, not a line of the file)."""
     for text in overrides:
         key_path, value = parse_override(text)
         node: Any = doc.data
-        for part in key_path[:-1]:
+        for depth, part in enumerate(key_path[:-1], start=1):
             if isinstance(node, list) and isinstance(part, int) and part < len(node):
                 node = node[part]
                 continue
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {text!r}: {dotted(key_path)} is not a mapping here")
+            if part not in node:
+                doc.set_by[key_path[:depth]] = text
             node = node.setdefault(part, {})
         last = key_path[-1]
         if (isinstance(node, list) and isinstance(last, int) and last < len(node)) or isinstance(
@@ -249,7 +277,7 @@ def apply_overrides(doc: YamlDoc, overrides: Iterable[str]) -> None:
             node[last] = value
         else:
             raise ConfigError(f"--set {text!r}: {dotted(key_path)} is not a mapping here")
-        doc.lines[key_path] = 0  # line 0 marks "from the command line"
+        doc.set_by[key_path] = text
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,7 +28,10 @@ from harness.config.data import DataConfig
 from harness.config.loader import YamlDoc, load_yaml, validate
 from harness.config.model import ModelConfig, check_name
 from harness.config.train import METHODS, AlignConfig, TrainConfig
+from harness.errors import ConfigError
 from harness.io import content_hash
+
+EXAMPLE_RUN = "sweeps/examples/run-tiny.yaml"  # an example run config (README, train --help)
 
 VAE_DOWNSAMPLE = 8  # SD-VAE: 256 px -> 32x32x4 latents
 LATENT_CHANNELS = 4
@@ -135,8 +138,33 @@ class RunConfig(Config):
 
 
 def run_from_doc(doc: YamlDoc, overrides: Sequence[str] = ()) -> RunConfig:
-    """Validate a parsed run YAML (plus ``--set`` overrides) into a :class:`RunConfig`."""
+    """Validate a parsed run YAML (plus ``--set`` overrides) into a :class:`RunConfig`.
+
+    Raises:
+        ConfigError: file:line problems; a sweep file is named as one, with the command it
+            is for, instead of a list of unknown keys.
+    """
+    check_not_a_sweep(doc)
     return validate(RunConfig, doc, overrides)
+
+
+def check_not_a_sweep(doc: YamlDoc) -> None:
+    """Refuse a sweep file given where a run config is expected: two or more top-level keys
+    that only a sweep has (``methods``, ``models``, ``eval``, ``resources`` ...)."""
+    from harness.config.sweep import SweepConfig
+
+    sweep_only = [
+        k for k in doc.data if k in SweepConfig.model_fields and k not in RunConfig.model_fields
+    ]
+    if len(sweep_only) < 2:
+        return  # one stray key is more likely a typo (seeds for seed): reported as unknown
+    raise ConfigError(
+        f"{doc.where((sweep_only[0],))}: this is a sweep file (it has "
+        f"{', '.join(sweep_only)}), not a run config: use "
+        f"`harness sweep encoders.yaml --sweep {doc.path}`",
+        hint=f"a run config describes one training run ({', '.join(RunConfig.model_fields)}); "
+        f"see {EXAMPLE_RUN}",
+    )
 
 
 def load_run(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:

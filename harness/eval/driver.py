@@ -21,7 +21,7 @@ from typing import Any
 
 from harness.config.eval import EvalConfig
 from harness.config.model import ModelConfig
-from harness.errors import ArtifactError, DataError, StageError
+from harness.errors import ArtifactError, ConfigError, DataError, StageError
 from harness.eval.features import ExtractorInfo
 from harness.eval.generation import GenerateFn, SamplePlan
 from harness.eval.reference import Reference
@@ -97,6 +97,7 @@ def evaluate_checkpoint(
     device: str = "cpu",
     source: SampleSource | None = None,
     expect_model: ModelConfig | None = None,
+    num_samples_option: str = "eval.num_samples",
 ) -> dict[str, Any]:
     """Generate samples from a checkpoint and compute the generation metrics (``eval`` stage).
 
@@ -111,14 +112,16 @@ def evaluate_checkpoint(
             small generator here.
         expect_model: the model config the checkpoint must have been trained with (a
             checkpoint of another model config is an error).
+        num_samples_option: how errors name ``cfg.num_samples`` (``--num-samples`` on the CLI).
 
     Returns:
         The ``eval`` payload (docs/architecture.md) on rank 0; ``{}`` on other ranks.
 
     Raises:
         ArtifactError: missing / corrupt reference. DataError: sample and reference image
-            sizes differ. StageError: extractor mismatch with the reference, too few samples
-            (N <= feature dim), malformed samples. HarnessError: bad checkpoint.
+            sizes differ. ConfigError: too few samples (N <= feature dim), before sampling.
+            StageError: extractor mismatch with the reference, malformed samples.
+            HarnessError: bad checkpoint.
     """
     from harness.eval.features import build_extractor, iter_features, rebatch
     from harness.eval.fidelity import collect_generated, generation_metrics
@@ -129,6 +132,7 @@ def evaluate_checkpoint(
     out_dir = Path(out_dir)
     reference = load_reference(reference_dir)
     primary, dino = reference_extractors(reference, cfg)
+    check_sample_count(cfg, reference, dino, option=num_samples_option)
     if source is None:
         source = source_from_checkpoint(ckpt_path, cfg, device, expect_model=expect_model)
     _check_resolution(reference, source.resolution, "the checkpoint's training data")
@@ -192,6 +196,33 @@ def evaluate_checkpoint(
         **metrics,
     )
     return payload
+
+
+def check_sample_count(
+    cfg: EvalConfig, reference: Reference, dino: ExtractorInfo | None, *, option: str
+) -> None:
+    """Refuse, before sampling, a sample count that no Fréchet distance can use (N <= D).
+
+    Raises:
+        ConfigError: ``cfg.num_samples`` is at most the feature dimension of an enabled
+            Fréchet distance; the message names ``option`` and the minimum.
+    """
+    dims = {}
+    if cfg.metrics.fid:
+        dims["FID"] = int(reference.fid.mu.shape[0])
+    if cfg.metrics.fd_dinov2 and dino is not None and reference.dinov2 is not None:
+        dims["FD-DINOv2"] = int(reference.dinov2.mu.shape[0])
+    if not dims:
+        return
+    metric, dim = max(dims.items(), key=lambda item: item[1])
+    if cfg.num_samples <= dim:
+        raise ConfigError(
+            f"{option} {cfg.num_samples}: too few samples for {metric}, whose features have "
+            f"{dim} dimensions (the Fréchet distance needs more samples than dimensions); "
+            f"the minimum is {dim + 1}",
+            hint=f"{option} {dim + 1} or more (the papers use 50,000), or turn the metric off "
+            "(eval.metrics.fid / eval.metrics.fd_dinov2)",
+        )
 
 
 def reference_extractors(

@@ -309,7 +309,6 @@ def run_probe(
     spec: Any,
     data: DataConfig,
     cfg: ProbeConfig,
-    out_dir: str | Path,
     *,
     grid: tuple[int, int] | list[int],
     device: str = "cpu",
@@ -322,7 +321,6 @@ def run_probe(
         spec: the encoder's :class:`~harness.config.encoders.EncoderSpec`.
         data: dataset (train split: probe training; val split: reported accuracy).
         cfg: probe protocol.
-        out_dir: stage directory (the caller writes ``result.json`` there).
         grid: token grid the encoder is run at (as in training, e.g. (16, 16)).
         device: extraction and training device.
         random_weights: build the encoder with random weights (tests; recorded).
@@ -332,8 +330,7 @@ def run_probe(
         The ``probe`` payload (docs/architecture.md): encoder, pooling, top1, top5, best_lr,
         grid ([{lr, holdout_top1}]), n_train, n_val, subset_per_class, features_key, ...
     """
-    started = time.time()
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    started = time.time()  # writes nothing to the stage folder: the caller writes result.json
     token_grid = (int(grid[0]), int(grid[1]))
 
     def make_pool_fn() -> tuple[PoolFn, str]:

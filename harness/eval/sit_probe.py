@@ -30,7 +30,6 @@ NOISE_SEED = 0  # noise of image i: seeded with NOISE_SEED + i (same across spli
 def run_sit_probe(
     ckpt_path: str | Path,
     cfg: ProbeConfig,
-    out_dir: str | Path,
     *,
     block: int,
     noise_t: float = 0.0,
@@ -43,7 +42,6 @@ def run_sit_probe(
     Args:
         ckpt_path: a ``checkpoints/step_*.pt`` file.
         cfg: probe protocol (``pooling`` must be ``mean``: SiT has no CLS token).
-        out_dir: stage directory (the caller writes ``result.json``).
         block: 1-based SiT block whose output is probed.
         noise_t: input noise level in [0, 1) (0 = clean image).
         step: the checkpoint's training step (default: from the file name).
@@ -82,7 +80,6 @@ def run_sit_probe(
             f"{ckpt_path}: the model was trained without label dropout (model.class_dropout = 0), "
             "so it has no null label and its hidden states would expose the class label"
         )
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
 
     def make_pool_fn() -> tuple[Any, str]:
         return _sit_pool_fn(model, run, block, noise_t, device), run_id(run)

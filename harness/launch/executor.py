@@ -407,6 +407,19 @@ def job_info() -> JobInfo:
     )
 
 
+def discard_unexpanded_folder() -> None:
+    """Remove the empty ``jobs/%j`` folder that submitit's local controller leaves.
+
+    The controller makes its folder argument (the unexpanded ``jobs/%j``) before it starts the
+    task, though every file goes to the expanded ``jobs/<job id>/``. The job removes it when
+    empty; a controller started later makes it again, and its own job removes it then.
+    """
+    folder = os.environ.get("SUBMITIT_FOLDER", "")
+    if "%j" in Path(folder).name:
+        with contextlib.suppress(OSError):  # not there, or not empty: not the controller's
+            Path(folder).rmdir()
+
+
 def export_torch_distributed() -> None:
     """Set MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK from the job and bind this task to its
     own GPU before CUDA starts: the task keeps the local-rank-th of the job's GPUs (SLURM gives

@@ -91,7 +91,7 @@ def measure_encoder(
     columns: dict[str, list[np.ndarray]] = {key: [] for key in ("index", "label", *METRICS)}
     token_means: list[np.ndarray] = []
     pooled: list[np.ndarray] = []
-    bar = progress(total=n, desc=f"spatial {spec.name}", unit="img")
+    bar = progress(total=n, desc=f"spatial {spec.name}", unit="img", transient=True)
     for batch in loader:
         out = encoder(batch["image"])
         masks = grid_masks(batch["mask"], hw).to(out.tokens.device) if ds.has_masks else None

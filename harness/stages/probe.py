@@ -19,7 +19,6 @@ def run(ctx: StageContext) -> StageOutcome:
         typed(EncoderSpec, ctx.config["encoder_spec"]),
         typed(DataConfig, ctx.config["data"]),
         typed(ProbeConfig, ctx.config["probe"]),
-        ctx.out_dir,
         grid=tuple(ctx.config["grid"]),
         device=ctx.device,
         random_weights=bool(ctx.config["random_weights"]),

@@ -110,9 +110,11 @@ class StageJob:
         return stage_dir(Path(self.root), self.stage, self.key)
 
     def __call__(self) -> str:
-        from harness.launch.executor import job_info
+        from harness.launch.executor import discard_unexpanded_folder, job_info
 
         info = job_info()
+        if info.executor == "local":
+            discard_unexpanded_folder()
         leader = info.global_rank == 0
         out_dir = self.out_dir
         if is_done(out_dir):

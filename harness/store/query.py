@@ -2,7 +2,10 @@
 
 ``harness query`` opens the database with ``read_only=True``: a write statement fails with a
 clear error (results change only through ``harness ingest``); ``CREATE TEMP TABLE`` still
-works for scratch work. DuckDB errors become :class:`~harness.errors.StoreError` with a hint
+works for scratch work. Statements that a read-only database still lets through but that write
+files, reach outside the database or change the session (:data:`REFUSED_STATEMENTS`: COPY,
+EXPORT, ATTACH, INSTALL / LOAD, SET, state-changing PRAGMAs ...) are refused before anything
+runs. DuckDB errors become :class:`~harness.errors.StoreError` with a hint
 (a missing table lists the tables and views, a syntax error points at the query).
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import StoreError, format_allowed
@@ -21,6 +25,39 @@ if TYPE_CHECKING:
 
 FORMATS = ("table", "csv", "json")
 DEFAULT_MAX_ROWS = 100  # rows a text table shows (csv / json give every row)
+
+# DuckDB statement types (``duckdb.StatementType`` names) that ``harness query`` refuses, and
+# why: each writes a file, reaches outside the results database or changes the session.
+REFUSED_STATEMENTS = {
+    "COPY": "COPY reads or writes files",
+    "EXPORT": "EXPORT DATABASE writes files",
+    "ATTACH": "ATTACH opens (or creates) another database file",
+    "DETACH": "DETACH changes the attached databases",
+    "LOAD": "INSTALL / LOAD download and load extensions",
+    "SET": "SET / RESET / USE change the session's settings (profiling_output writes a file)",
+    "PRAGMA": "this PRAGMA changes the session or writes files",
+    "CALL": "CALL runs procedures such as CHECKPOINT (use SELECT * FROM function(...))",
+    "VACUUM": "VACUUM / ANALYZE change the database",
+}  # EXECUTE runs only what this query's (checked) PREPAREs prepared
+# PRAGMAs that only read (the rest are refused with the PRAGMA reason)
+READ_ONLY_PRAGMAS = (
+    "database_list",
+    "database_size",
+    "functions",
+    "metadata_info",
+    "platform",
+    "show",
+    "show_databases",
+    "show_tables",
+    "show_tables_expanded",
+    "storage_info",
+    "table_info",
+    "user_agent",
+    "version",
+)
+_PRAGMA = re.compile(r"^\s*PRAGMA\s+(\w+)\s*(=)?", re.I)
+_PREPARE = re.compile(r"^\s*PREPARE\s+\w+\s+AS\s+(.*)$", re.I | re.S)
+_SECRET = re.compile(r"^\s*CREATE\s+(OR\s+REPLACE\s+)?(PERSISTENT\s+)?SECRET\b", re.I)
 
 
 def run_query(
@@ -50,6 +87,7 @@ def run_query(
     if not sql.strip():
         raise StoreError("empty query", hint='e.g. harness query "SELECT * FROM v_study"')
     with open_readonly(root, wait=wait) as con:
+        check_read_only(con, sql)
         try:
             relation = con.sql(sql)
             if relation is None:  # the last statement returns no rows (SET, CREATE TEMP ...)
@@ -66,6 +104,61 @@ def run_query(
     if fmt == "csv":
         return frame.to_csv(index=False)
     return _to_table(frame.map(lambda v: "NULL" if v is None else v), max_rows)
+
+
+def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Refuse ``sql`` when one of its statements is in :data:`REFUSED_STATEMENTS` (or is a
+    state-changing PRAGMA, a secret, or of a type this DuckDB cannot name), before any runs.
+
+    Raises:
+        StoreError: the first refused statement, with the reason.
+    """
+    import duckdb
+
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise explain_error(con, exc) from exc
+    for statement in statements:
+        reason = _refusal(statement)
+        if reason is not None:
+            raise _refused(statement.query.strip(), reason)
+
+
+def _refusal(statement: duckdb.Statement) -> str | None:
+    try:
+        kind = statement.type.name
+    except ValueError:  # a statement type this duckdb client has no name for
+        return "a statement of a type harness does not know"
+    text = statement.query
+    if kind == "PREPARE" and (inner := _PREPARE.match(text)):
+        return _refusal_of_text(inner.group(1))
+    if kind == "PRAGMA":
+        pragma = _PRAGMA.match(text)
+        if pragma and pragma.group(1).lower() in READ_ONLY_PRAGMAS and not pragma.group(2):
+            return None
+    if kind == "CREATE" and _SECRET.match(text):
+        return "CREATE SECRET stores credentials (PERSISTENT ones in a file)"
+    return REFUSED_STATEMENTS.get(kind)
+
+
+def _refusal_of_text(text: str) -> str | None:
+    import duckdb
+
+    try:
+        inner = duckdb.extract_statements(text)
+    except (duckdb.Error, ValueError):
+        return "PREPARE of a statement that cannot be checked"
+    return next((reason for s in inner if (reason := _refusal(s))), None)
+
+
+def _refused(statement: str, reason: str) -> StoreError:
+    shown = statement if len(statement) <= 80 else statement[:77] + "..."
+    return StoreError(
+        f"harness query is read-only: refused {shown!r}: {reason}",
+        hint="query with SELECT (SHOW, DESCRIBE, SUMMARIZE, EXPLAIN, read-only PRAGMAs); "
+        "write results to a file with --format csv|json -o FILE",
+    )
 
 
 def explain_error(con: duckdb.DuckDBPyConnection, exc: Exception) -> StoreError:

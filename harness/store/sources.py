@@ -62,6 +62,11 @@ class SourceFile:
         return root / self.path
 
 
+def has_artifacts(root: Path) -> bool:
+    """True when ``root`` holds any source file of its own (a stage, plan or rank artifact)."""
+    return any(source.kind != PUBLISHED for source in scan(root).values())
+
+
 def scan(root: Path) -> dict[str, SourceFile]:
     """Every source file under ``root`` (and the published CSV), by relative path."""
     found: dict[str, SourceFile] = {}

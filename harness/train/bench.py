@@ -14,6 +14,7 @@ forward; the SiT count is analytic (:func:`sit_forward_flops`), the encoder's is
 
 from __future__ import annotations
 
+import os
 import resource
 import tempfile
 import time
@@ -82,6 +83,19 @@ def _peak_memory_gib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
+
+
+CUDA_DEFAULTS = ("bf16", 4)  # (precision, data-loader workers) when benchmarking on a GPU
+
+
+def device_defaults(device: str | None) -> tuple[str, int]:
+    """The benchmark's default (precision, data-loader workers) for ``device`` (None: CUDA when
+    available): bf16 and 4 workers on CUDA; fp32 (a CPU has no fast bf16 matmul) and at most
+    one worker per CPU core on the CPU."""
+    cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    if cuda:
+        return CUDA_DEFAULTS
+    return "fp32", min(CUDA_DEFAULTS[1], os.cpu_count() or 1)
 
 
 def bench_setup(
