@@ -278,7 +278,15 @@ def _retry(
                     "readers",
                 ) from exc
             if not announced:
-                event(log, "store.busy", what=what, held_by=holder(exc), wait_s=round(wait, 1))
+                # a wait the user must see without -v: otherwise it looks like a hang
+                event(
+                    log,
+                    "store.busy",
+                    logging.WARNING,
+                    what=what,
+                    held_by=holder(exc),
+                    wait_s=round(wait, 1),
+                )
                 announced = True
             time.sleep(min(delay, left))
             delay = min(delay * 2, 1.0)
