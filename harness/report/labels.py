@@ -31,6 +31,21 @@ def _overlap_area(box: np.ndarray, others: np.ndarray) -> float:
     return float((np.clip(w, 0, None) * np.clip(h, 0, None)).sum())
 
 
+def _label_size(lines: Sequence[str], size_px: float) -> tuple[float, float]:
+    """Estimated pixel (width, height) of a text of ``lines`` at ``size_px`` pixels per em."""
+    width = _CHAR_WIDTH_EM * size_px * max(len(line) for line in lines) + 2.0
+    return width, _LINE_HEIGHT_EM * size_px * len(lines)
+
+
+def _points_and_markers(
+    ax: Axes, xs: Sequence[float], ys: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel positions (n, 2) of the points and their obstacle boxes (n, 4)."""
+    ax.get_xlim(), ax.get_ylim()  # apply pending autoscaling before mapping data to pixels
+    pts = ax.transData.transform(np.column_stack([xs, ys]).astype(float)).reshape(-1, 2)
+    return pts, np.concatenate([pts - _MARKER_PX, pts + _MARKER_PX], axis=1)
+
+
 def _text_boxes(ax: Axes, px_per_pt: float) -> np.ndarray:
     """Estimated pixel boxes (K, 4) of the texts already on ``ax`` (same glyph estimate)."""
     boxes = []
@@ -39,10 +54,7 @@ def _text_boxes(ax: Axes, px_per_pt: float) -> np.ndarray:
         if not content or not text.get_visible():
             continue
         x, y = text.get_transform().transform(text.get_position())
-        size = text.get_fontsize() * px_per_pt
-        lines = content.split("\n")
-        width = _CHAR_WIDTH_EM * size * max(len(line) for line in lines) + 2.0
-        height = _LINE_HEIGHT_EM * size * len(lines)
+        width, height = _label_size(content.split("\n"), text.get_fontsize() * px_per_pt)
         ha, va = text.get_horizontalalignment(), text.get_verticalalignment()
         x0 = x if ha == "left" else x - width if ha == "right" else x - width / 2
         y0 = y if va in ("bottom", "baseline") else y - height if va == "top" else y - height / 2
@@ -56,14 +68,10 @@ def place_line_label(
     """Label a horizontal reference line at ``y`` at whichever end (right or left, above or
     below the line) overlaps the fewest of the points ``xs, ys``. Call after the layout is final
     and before :func:`place_labels`, which then avoids this label too."""
-    px_per_pt = ax.figure.dpi / 72.0
-    ax.get_xlim(), ax.get_ylim()
-    pts = ax.transData.transform(np.column_stack([xs, ys]).astype(float)).reshape(-1, 2)
-    markers = np.concatenate([pts - _MARKER_PX, pts + _MARKER_PX], axis=1)  # (n, 4) boxes
+    _, markers = _points_and_markers(ax, xs, ys)
     frame = ax.get_window_extent()
     line_y = ax.transData.transform((0.0, y))[1]
-    width = _CHAR_WIDTH_EM * fontsize * len(text) * px_per_pt + 2.0
-    height = _LINE_HEIGHT_EM * fontsize * px_per_pt
+    width, height = _label_size([text], fontsize * ax.figure.dpi / 72.0)
     pad = 0.01 * frame.width
     best: tuple[float, float, str, str] | None = None
     for ha, va in (("right", "bottom"), ("left", "bottom"), ("right", "top"), ("left", "top")):
@@ -108,10 +116,8 @@ def place_labels(
     """
     fig = ax.figure
     px_per_pt = fig.dpi / 72.0
-    ax.get_xlim(), ax.get_ylim()  # apply pending autoscaling before mapping data to pixels
-    pts = ax.transData.transform(np.column_stack([xs, ys]).astype(float))  # (n, 2) pixels
+    pts, markers = _points_and_markers(ax, xs, ys)  # (n, 2) pixels, (n, 4) boxes
     frame = ax.get_window_extent()
-    markers = np.concatenate([pts - _MARKER_PX, pts + _MARKER_PX], axis=1)  # (n, 4) boxes
     fixed = _text_boxes(ax, px_per_pt)  # texts drawn before the labels
     placed: list[np.ndarray] = []
     leaders: list[np.ndarray] = []  # (2, 2) pixel segments from a point to its far label
@@ -119,8 +125,7 @@ def place_labels(
     order = np.argsort(pts[:, 0])  # left to right: labels of dense clusters fan out evenly
     for i in order:
         text = str(labels[i])
-        width = _CHAR_WIDTH_EM * fontsize * len(text) * px_per_pt + 2.0
-        height = _LINE_HEIGHT_EM * fontsize * px_per_pt
+        width, height = _label_size([text], fontsize * px_per_pt)
         others = np.concatenate([np.delete(markers, i, axis=0), fixed, np.reshape(placed, (-1, 4))])
         best: tuple[float, np.ndarray, tuple[float, float, int, int]] | None = None
         for radius in _RADII_PT:
