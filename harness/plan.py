@@ -32,7 +32,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from harness.artifacts import git_sha
-from harness.config.data import DataConfig
+from harness.config.data import resolved_data
 from harness.config.model import SiTArch
 from harness.config.run import RunConfig, run_id
 from harness.config.sweep import SweepConfig, no_match, selected
@@ -40,7 +40,8 @@ from harness.config.train import AlignConfig
 from harness.errors import ConfigError, RegistryError, did_you_mean
 from harness.io import write_json
 from harness.paths import plan_dir
-from harness.stages import STAGES
+from harness.stages import STAGES, fid_ref, probe, spatial, train
+from harness.stages import eval as evaluation
 
 PLAN_SCHEMA = 1
 PLAN_FILE = "plan.json"
@@ -184,7 +185,7 @@ def build_plan(catalogue: Any, sweep: SweepConfig) -> Plan:
         ConfigError: a run the sweep describes is inconsistent (e.g. alignment depth).
     """
     encoders = resolve_encoders(catalogue, sweep.encoder_selectors)
-    data = resolved_data(sweep.data).to_dict()
+    data = resolved_data(sweep.data)
     builder = _Builder()
     notes = []
     if sweep.baseline_added:
@@ -198,7 +199,7 @@ def build_plan(catalogue: Any, sweep: SweepConfig) -> Plan:
             hint=f"allowed: {', '.join(encoders)}",
         )
     runs = [
-        _run_config(sweep, data, encoder, method, model, seed)
+        _run_config(sweep, data.to_dict(), encoder, method, model, seed)
         for model in sweep.models
         for method, encoder, seed in sweep.run_grid(encoders)
     ]
@@ -210,31 +211,31 @@ def build_plan(catalogue: Any, sweep: SweepConfig) -> Plan:
         latents_key = builder.add(
             "latents",
             f"latents {sweep.train.vae}",
-            {"data": data, "vae": sweep.train.vae, "random_weights": sweep.random_weights},
+            {
+                "data": data.to_dict(),
+                "vae": sweep.train.vae,
+                "random_weights": sweep.random_weights,
+            },
         )
-    eval_doc = sweep.eval.to_dict()
     fid_ref_key = builder.add(
-        "fid_ref", f"fid_ref {sweep.eval.extractor}", {"data": data, "eval": eval_doc}
+        "fid_ref", f"fid_ref {sweep.eval.extractor}", fid_ref.instance(data, sweep.eval)
     )
     for name in encoders:
-        spec = catalogue.get(name).to_dict()
+        spec = catalogue.get(name)
         for grid in [_grid(spatial_grid)] if spatial_grid else grids:
-            common = {"encoder": name, "encoder_spec": spec, "data": data, "grid": list(grid)}
-            common["random_weights"] = sweep.random_weights
             suffix = f" @{grid[0]}x{grid[1]}" if len(grids) > 1 else ""
             builder.add(
                 "spatial",
                 f"spatial {name}{suffix}",
-                {**common, "spatial": sweep.spatial.to_dict()},
+                spatial.instance(spec, data, sweep.spatial, grid, sweep.random_weights),
                 labels={"encoder": name},
             )
             builder.add(
                 "probe",
                 f"probe {name}{suffix}",
-                {**common, "probe": sweep.probe.to_dict()},
+                probe.instance(spec, data, sweep.probe, grid, sweep.random_weights),
                 labels={"encoder": name},
             )
-    eval_only = {k: v for k, v in eval_doc.items() if k != "at_steps"}
     for run in runs:
         rid = run_id(run)
         labels: dict[str, Any] = {
@@ -244,12 +245,12 @@ def build_plan(catalogue: Any, sweep: SweepConfig) -> Plan:
             "seed": run.seed,
             "run_id": rid,
         }
-        spec = catalogue.get(run.encoder).to_dict() if run.encoder else None
+        specs = [catalogue.get(run.encoder)] if run.encoder else []
         slug = "/".join(filter(None, (run.encoder, run.method, run.model.name, f"s{run.seed}")))
         train_key = builder.add(
             "train",
             f"train {slug}",
-            {"run": run.to_dict(), "run_id": rid, "encoder_spec": spec},
+            train.instance(run, specs),
             labels=labels,
             needs=[latents_key] if latents_key else [],
         )
@@ -257,7 +258,7 @@ def build_plan(catalogue: Any, sweep: SweepConfig) -> Plan:
             builder.add(
                 "eval",
                 f"eval {slug} @{step}",
-                {"run_id": rid, "step": step, "eval": eval_only, "model": run.model.to_dict()},
+                evaluation.instance(run, step, sweep.eval),
                 labels={**labels, "step": step},
                 needs=[train_key, fid_ref_key],
             )
@@ -308,6 +309,8 @@ def _run_config(
 ) -> RunConfig:
     train = sweep.train.to_dict()
     train["keep_steps"] = sorted(set(train["keep_steps"]) | set(sweep.eval_steps))
+    if train["latent_stats"]:  # jobs run in the code snapshot: no paths relative to here
+        train["latent_stats"] = str(Path(train["latent_stats"]).expanduser().absolute())
     doc = {
         "data": data,
         "encoder": encoder,
@@ -354,16 +357,6 @@ def resolve_encoders(catalogue: Any, selectors: Iterable[str]) -> list[str]:
             )
         chosen.extend(m for m in matches if m not in chosen)
     return chosen
-
-
-def resolved_data(data: DataConfig) -> DataConfig:
-    """``data`` with relative paths made absolute (jobs run elsewhere: the code snapshot)."""
-    updates = {
-        name: str(Path(value).expanduser().absolute())
-        for name in ("root", "mask_root")
-        if (value := getattr(data, name)) is not None
-    }
-    return data.model_copy(update=updates) if updates else data
 
 
 def save_plan(plan: Plan, root: Path) -> Path:

@@ -17,14 +17,13 @@ from harness.config.run import RunConfig
 from harness.config.train import TrainConfig
 from harness.data import build_dataset
 from harness.errors import ArtifactError, DataError, StageError, WeightsError
-from harness.paths import cache_dir
 from harness.train.data import sample_posterior
 from harness.train.latents import (
     LatentCache,
     LatentScaling,
-    cache_key,
     decode_latents,
     encode_moments,
+    latent_cache,
     load_vae,
 )
 from harness.train.loop import train
@@ -238,8 +237,9 @@ def test_prepare_then_train_from_the_cache(
         "model: {name: SiT-T/2, space: latent}\n"
     )
     assert cli_main(["prepare", str(config), "--batch-size", "6", "--device", "cpu"]) == 0
-    key = cache_key(build_dataset(DATA, "train").fingerprint(), "train", TrainConfig().vae, True)
-    cache = LatentCache(cache_dir(results_root, "latents") / key)
+    cache, _ = latent_cache(
+        build_dataset(DATA, "train"), "train", TrainConfig().vae, True, results_root
+    )
     assert cache.complete and cache.moments().shape == (12, 8, 4, 4)
     assert cli_main(["prepare", str(config)]) == 0
     assert "complete" in capsys.readouterr().out

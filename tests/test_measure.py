@@ -151,6 +151,26 @@ def test_cli_metrics_writes_result_json_and_skips_finished(tmp_path: Path, capsy
     assert capsys.readouterr().out.count("already measured") == 2
 
 
+def test_cli_metrics_and_a_sweep_key_the_same_measurement_alike(tmp_path: Path) -> None:
+    """A sweep whose data and spatial settings equal the command's plans the same spatial key
+    (its ``spatial.grid: null`` resolved to the SiT grid the command names with --grid)."""
+    from harness.config.sweep import load_sweep
+    from harness.plan import build_plan
+
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(
+        "name: same\nencoders: [pixels]\nmethods: [repa]\nmodels: [SiT-T/4]\nmodel: {space: pixel}\n"
+        "random_weights: true\ndata: {resolution: 32, val_images: 12}\nspatial: {images: 12}\n"
+    )
+    plan = build_plan(CATALOGUE, load_sweep(sweep_file))
+    (planned,) = [s for s in plan.stages if s.stage == "spatial"]
+    assert planned.config["spatial"]["grid"] is None and planned.config["grid"] == [8, 8]
+    argv = ["metrics", str(ROOT / "encoders.yaml"), "--encoders", "pixels", "--images", "12"]
+    argv += ["--data-resolution", "32", "--grid", "8", "--random-weights", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    assert (tmp_path / "stages" / "spatial" / planned.key / "result.json").is_file()
+
+
 def test_cli_metrics_unknown_encoder_exits_2(tmp_path: Path, capsys) -> None:
     code = main(
         ["metrics", str(ROOT / "encoders.yaml"), "--encoders", "pixles", "--out", str(tmp_path)]

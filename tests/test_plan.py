@@ -399,3 +399,24 @@ def test_noise_floor_repeats_the_baseline_and_named_runs_over_extra_seeds(catalo
 def test_noise_floor_encoder_outside_the_sweep_is_a_config_error(catalogue):
     with pytest.raises(ConfigError, match=r"noise_floor.encoders \['hog'\].*not among"):
         build_plan(catalogue, tiny("noise_floor.seeds=[1]", "noise_floor.encoders=[hog]"))
+
+
+def test_latent_stats_key_training_by_the_files_content(catalogue, tmp_path, monkeypatch):
+    """Per-channel latent statistics are read by the jobs (elsewhere: an absolute path) and
+    change every number: editing the file re-plans training, rewriting it unchanged does not."""
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+    np.savez("stats.npz", mean=np.zeros(4), std=np.ones(4))
+    sweep = tiny("model.space=latent", "train.latent_stats=stats.npz")
+
+    def train_keys() -> set[str]:
+        return keys_by_stage(build_plan(catalogue, sweep))["train"]
+
+    first = train_keys()
+    (planned,) = [s for s in build_plan(catalogue, sweep).stages if s.stage == "train"][:1]
+    assert planned.config["run"]["train"]["latent_stats"] == str(tmp_path / "stats.npz")
+    np.savez("stats.npz", mean=np.zeros(4), std=np.ones(4))
+    assert train_keys() == first
+    np.savez("stats.npz", mean=np.zeros(4), std=np.full(4, 2.0))
+    assert train_keys().isdisjoint(first)

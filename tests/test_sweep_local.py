@@ -208,3 +208,45 @@ def test_concurrent_submissions_are_serialised(tmp_path):
         pass
     with submission_lock(root, wait_s=0.2):  # free again once the first one is done
         pass
+
+
+def test_commands_reuse_the_sweeps_results_under_the_same_keys(finished, tmp_path, capsys):
+    """`harness probe / fid-ref / eval / train` with the sweep's settings compute the sweep's
+    content keys, so they find its finished results instead of computing them again."""
+    import yaml
+
+    plan = build_plan(load_catalogue(CATALOGUE), load_sweep(TINY))  # other tests re-plan it
+    stages = [stage.to_json() for stage in plan.stages]
+
+    def one(stage: str, **labels) -> dict:
+        (found,) = [
+            s
+            for s in stages
+            if s["stage"] == stage and all(s["labels"].get(k) == v for k, v in labels.items())
+        ]
+        return found
+
+    def reused(stage: dict, *args: str) -> None:
+        result = stage_dir(finished, stage["stage"], stage["key"]) / "result.json"
+        before = result.stat().st_mtime_ns
+        capsys.readouterr()
+        assert harness(finished, *args) == 0
+        assert str(result.parent) in capsys.readouterr().out  # the sweep's directory
+        assert result.stat().st_mtime_ns == before  # found done, not recomputed
+
+    probe = one("probe", encoder="pixels")
+    grid = str(probe["config"]["grid"][0])
+    reused(probe, "probe", CATALOGUE, "--encoders", "pixels", "--sweep", TINY, "--grid", grid,
+           "--random-weights")  # fmt: skip
+    reused(one("fid_ref"), "fid-ref", TINY)
+    evaluation = one("eval", encoder="noise", method="irepa")
+    train_dir = stage_dir(finished, "train", evaluation["needs"][0])
+    reused(evaluation, "eval", str(train_dir), "--config", TINY, "--step", "4")
+
+    train = one("train", encoder="noise", method="repa")
+    run_yaml = tmp_path / "run.yaml"
+    run_yaml.write_text(yaml.safe_dump(train["config"]["run"]))
+    capsys.readouterr()
+    assert harness(finished, "train", str(run_yaml), "--catalogue", CATALOGUE) == 0
+    assert str(stage_dir(finished, "train", train["key"])) in capsys.readouterr().out
+    assert read_result(stage_dir(finished, "train", train["key"]))["payload"]["steps_done"] == 4

@@ -206,7 +206,7 @@ def test_cli_train_writes_result(tmp_path: Path) -> None:
     assert cli_main(["train", str(config), "--out", str(out), "--device", "cpu"]) == 0
     record = read_result(out)
     assert record["status"] == "done" and record["stage"] == "train"
-    assert record["payload"]["steps_done"] == 2 and record["config"]["method"] == "none"
+    assert record["payload"]["steps_done"] == 2 and record["config"]["run"]["method"] == "none"
     ckpt = out / "checkpoints" / "step_0000002.pt"
     grid = tmp_path / "grid.png"
     assert (
@@ -324,7 +324,7 @@ def test_cli_irepa_with_catalogue_encoders(tmp_path: Path) -> None:
     assert cli_main(args) == 0
     record = read_result(out)
     assert record["payload"]["encoder"] == "vit-s-random+hog"
-    assert record["config"]["align"]["projector"] == "conv"
+    assert record["config"]["run"]["align"]["projector"] == "conv"
     rows = read_jsonl(out / "train_log.jsonl")
     assert len(rows) == 2 and all(-1 <= r["align_cos"] <= 1 for r in rows)
     state = load_checkpoint(out / "checkpoints" / "step_0000002.pt")

@@ -122,13 +122,15 @@ def evaluate_and_record(
     device: str | None,
     num_samples_option: str = "eval.num_samples",
 ) -> tuple[dict[str, Any], Path]:
-    """Evaluate ``ckpt`` and write ``result.json`` (only when every metric was computed)."""
-    from harness.artifacts import write_result
+    """Evaluate ``ckpt`` and write ``result.json`` (only when every metric was computed); an
+    evaluation already done under the same key (by this command or a sweep) is returned."""
+    from harness.artifacts import is_done, read_result, write_result
     from harness.cli.fid_ref import compute_and_record
-    from harness.config.run import run_id
-    from harness.eval.commands import resolve_device, stage_key
+    from harness.eval.commands import resolve_device
     from harness.eval.driver import evaluate_checkpoint
     from harness.paths import results_root, stage_dir
+    from harness.stages import STAGES
+    from harness.stages import eval as evaluation
 
     started = time.time()
     run = _run_config(ckpt, run_dir)
@@ -136,10 +138,13 @@ def evaluate_and_record(
         _, reference_dir = compute_and_record(run.data, cfg, device=device)
     else:
         reference_dir = Path(reference)
-    key = stage_key(
-        "eval", run_id=run_id(run), step=step, eval=cfg.to_dict(), reference=str(reference_dir)
-    )
+    # the sweep's eval instance: its config, the train run's and the reference's keys
+    config = evaluation.instance(run, step, cfg)
+    needs = [_train_key(ckpt, run_dir), _reference_key(reference_dir)]
+    key = STAGES.get("eval").key(config, needs)
     directory = Path(out) if out else stage_dir(results_root(), "eval", key)
+    if is_done(directory):  # evaluated before, by this command or by a sweep
+        return read_result(directory)["payload"], directory  # type: ignore[index]
     payload = evaluate_checkpoint(
         ckpt,
         cfg,
@@ -150,16 +155,49 @@ def evaluate_and_record(
         expect_model=run.model,
         num_samples_option=num_samples_option,
     )
-    config = {
-        "eval": cfg.to_dict(),
-        "checkpoint": str(ckpt),
-        "step": step,
-        "reference_dir": str(reference_dir),
-    }
+    config = {**config, "checkpoint": str(ckpt), "reference_dir": str(reference_dir)}
     write_result(
         directory, stage="eval", key=key, config=config, payload=payload, started_at=started
     )
     return payload, directory
+
+
+def _train_key(ckpt: Path, run_dir: Path | None) -> str:
+    """The key of the train instance that wrote ``ckpt`` (its run directory's ``result.json``
+    or ``spec.json``), else the checkpoint file's content."""
+    from harness.io import file_hash
+
+    key = _recorded_key(run_dir, "train") if run_dir is not None else None
+    return key or f"checkpoint:{file_hash(ckpt, 64)}"
+
+
+def _reference_key(reference_dir: Path) -> str:
+    """The key of a ``fid_ref`` instance directory, else the statistics' own reference key."""
+    import json
+
+    from harness.eval.reference import META_FILE
+
+    key = _recorded_key(reference_dir, "fid_ref")
+    if key:
+        return key
+    try:
+        return "reference:" + json.loads((reference_dir / META_FILE).read_text())["reference_key"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"{reference_dir}: not a reference directory ({exc})") from None
+
+
+def _recorded_key(directory: Path, stage: str) -> str | None:
+    """The instance key recorded in ``directory`` (``result.json``, else ``spec.json``)."""
+    import json
+
+    for name in ("result.json", "spec.json"):
+        try:
+            record = json.loads((directory / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and record.get("stage") == stage and record.get("key"):
+            return str(record["key"])
+    return None
 
 
 def _run_config(ckpt: Path, run_dir: Path | None) -> Any:

@@ -76,18 +76,19 @@ def compute_and_record(
 
     Shared by ``harness fid-ref`` and ``harness eval`` (which needs a reference first).
     """
-    from harness.artifacts import write_result
-    from harness.eval.commands import resolve_device, stage_key
+    from harness.artifacts import is_done, read_result, write_result
+    from harness.eval.commands import resolve_device
     from harness.eval.reference import compute_reference
     from harness.paths import results_root, stage_dir
-    from harness.stages.fid_ref import SAMPLE_SIDE_FIELDS
+    from harness.stages import STAGES, fid_ref
 
     started = time.time()
-    relevant = {k: v for k, v in cfg.to_dict().items() if k not in SAMPLE_SIDE_FIELDS}
-    key = stage_key("fid_ref", data=data.to_dict(), eval=relevant)
+    config = fid_ref.instance(data, cfg)  # the sweep's fid_ref instance for these settings
+    key = STAGES.get("fid_ref").key(config)
     directory = Path(out) if out else stage_dir(results_root(), "fid_ref", key)
+    if is_done(directory):  # computed before, by this command or by a sweep
+        return read_result(directory)["payload"], directory  # type: ignore[index]
     payload = compute_reference(data, cfg, directory, device=resolve_device(device))
-    config = {"data": data.to_dict(), "eval": cfg.to_dict()}
     write_result(
         directory, stage="fid_ref", key=key, config=config, payload=payload, started_at=started
     )

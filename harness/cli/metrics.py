@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from harness.config.metrics import SpatialConfig
     from harness.metrics.measure import measure_encoder
     from harness.paths import results_root, stage_dir
-    from harness.stages import STAGES
+    from harness.stages import STAGES, spatial
 
     catalogue = load_catalogue(args.catalogue)
     specs = catalogue.select([p.strip() for p in args.encoders.split(",") if p.strip()])
@@ -116,14 +116,8 @@ def run(args: argparse.Namespace) -> int:
     setting = f"{data.resolution} px, grid {side}x{side}, {weights}"
     failed = 0
     for spec in specs:
-        config = {
-            "encoder_spec": spec.to_dict(),
-            "data": data.to_dict(),
-            "spatial": cfg.to_dict(),
-            "grid": [side, side],
-            "random_weights": bool(args.random_weights),
-        }
-        key = stage.key(config)
+        config = spatial.instance(spec, data, cfg, (side, side), args.random_weights)
+        key = stage.key(config)  # the key a sweep gives the same measurement
         out_dir = stage_dir(root, "spatial", key)
         if is_done(out_dir) and not args.force:
             print(f"{spec.name}: already measured ({setting}) in {out_dir} (--force to redo)")

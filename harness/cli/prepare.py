@@ -37,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from harness.config.run import load_run
     from harness.data import build_dataset
     from harness.errors import ConfigError
-    from harness.paths import cache_dir, results_root
-    from harness.train.latents import LatentCache, cache_key, load_vae
+    from harness.paths import results_root
+    from harness.train.latents import latent_cache, load_vae
 
     cfg = load_run(args.config, args.overrides)
     if cfg.model.space != "latent":
@@ -47,8 +47,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size {args.batch_size}: must be >= 1")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dataset = build_dataset(cfg.data, args.split)
-    key = cache_key(dataset.fingerprint(), args.split, cfg.train.vae, cfg.random_weights)
-    cache = LatentCache(cache_dir(results_root(), "latents") / key)
+    cache, _ = latent_cache(dataset, args.split, cfg.train.vae, cfg.random_weights, results_root())
     if cache.complete:
         print(f"latent cache complete: {cache.dir}")
         return 0

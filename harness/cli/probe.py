@@ -78,9 +78,10 @@ def run(args: argparse.Namespace) -> int:
     from harness.config.data import DataConfig
     from harness.config.encoders import load_catalogue
     from harness.config.eval import ProbeConfig
-    from harness.eval.commands import load_sections, resolve_device, stage_key
+    from harness.eval.commands import load_sections, resolve_device
     from harness.eval.probe import run_probe
     from harness.paths import results_root, stage_dir
+    from harness.stages import STAGES, probe
 
     catalogue = load_catalogue(args.catalogue)
     names = (
@@ -93,15 +94,10 @@ def run(args: argparse.Namespace) -> int:
     data, cfg = sections["data"], sections["probe"]
     grid = (args.grid, args.grid)
     rows = []
+    stage = STAGES.get("probe")
     for spec in specs:
-        key = stage_key(
-            "probe",
-            encoder=spec.to_dict(),
-            data=data.to_dict(),
-            probe=cfg.to_dict(),
-            grid=list(grid),
-            random_weights=args.random_weights,
-        )
+        config = probe.instance(spec, data, cfg, grid, args.random_weights)  # a sweep's instance
+        key = stage.key(config)
         out = stage_dir(results_root(), "probe", key)
         if is_done(out) and not args.force:
             payload = read_result(out)["payload"]  # type: ignore[index]
@@ -115,13 +111,6 @@ def run(args: argparse.Namespace) -> int:
                 device=resolve_device(args.device),
                 random_weights=args.random_weights,
             )
-            config = {
-                "encoder_spec": spec.to_dict(),
-                "data": data.to_dict(),
-                "probe": cfg.to_dict(),
-                "grid": list(grid),
-                "random_weights": args.random_weights,
-            }
             write_result(
                 out, stage="probe", key=key, config=config, payload=payload, started_at=started
             )
@@ -138,8 +127,8 @@ def run_sit(args: argparse.Namespace) -> int:
     from harness.cli.eval import resolve_checkpoint
     from harness.config.eval import ProbeConfig
     from harness.errors import ConfigError
-    from harness.eval.commands import load_sections, resolve_device, stage_key
-    from harness.eval.sit_probe import run_sit_probe
+    from harness.eval.commands import load_sections, resolve_device
+    from harness.eval.sit_probe import SIT_PROBE_KEY, run_sit_probe
     from harness.io import file_hash
     from harness.paths import results_root, stage_dir
 
@@ -148,13 +137,14 @@ def run_sit(args: argparse.Namespace) -> int:
     cfg = load_sections(args.sweep, {"probe": ProbeConfig}, args.overrides)["probe"]
     ckpt, step, _ = resolve_checkpoint(Path(args.sit), args.step)
     started = time.time()
-    key = stage_key(
-        "probe",
-        checkpoint=file_hash(ckpt, 64),
-        block=args.block,
-        noise_t=args.noise_t,
-        probe=cfg.to_dict(),
-    )
+    config = {
+        "checkpoint": str(ckpt),
+        "checkpoint_sha256": file_hash(ckpt, 64),
+        "block": args.block,
+        "noise_t": args.noise_t,
+        "probe": cfg.to_dict(),
+    }
+    key = SIT_PROBE_KEY.key(config)
     out = stage_dir(results_root(), "probe", key)
     payload = run_sit_probe(
         ckpt,
@@ -164,12 +154,6 @@ def run_sit(args: argparse.Namespace) -> int:
         step=step,
         device=resolve_device(args.device),
     )
-    config = {
-        "checkpoint": str(ckpt),
-        "block": args.block,
-        "noise_t": args.noise_t,
-        "probe": cfg.to_dict(),
-    }
     write_result(out, stage="probe", key=key, config=config, payload=payload, started_at=started)
     print(
         f"{payload['run_id']} step {step} block {args.block}: top1 {payload['top1']:.4f}  top5 {payload['top5']:.4f}  ({out})"

@@ -19,6 +19,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from harness.cli import POSITIVE_INT, Command, add_overrides_argument, add_trust_checkpoint_argument
 
@@ -44,7 +45,9 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_config_arguments(parser)
     parser.add_argument(
-        "--out", metavar="DIR", help="run directory (default: results/stages/train/<run id>)"
+        "--out",
+        metavar="DIR",
+        help="run directory (default: results/stages/train/<key>, the sweep's for this run)",
     )
     add_device_argument(parser)
     parser.add_argument(
@@ -64,15 +67,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from harness.artifacts import write_result
     from harness.config import load_config
-    from harness.config.run import load_run, run_id
+    from harness.config.data import resolved_data
+    from harness.config.run import load_run
     from harness.errors import ConfigError
     from harness.paths import results_root, stage_dir
+    from harness.stages import STAGES
+    from harness.stages import train as train_stage
     from harness.train.loop import checkpoint_on_signals, train
 
     started = time.time()
     cfg = load_run(args.config, args.overrides)
-    key = run_id(cfg)
-    out = Path(args.out) if args.out else stage_dir(results_root(), "train", key)
+    cfg = cfg.model_copy(update={"data": resolved_data(cfg.data)})  # as a sweep plans it
     catalogue = None
     if cfg.uses_encoder:
         if not args.catalogue:
@@ -81,6 +86,11 @@ def run(args: argparse.Namespace) -> int:
                 "pass the encoder catalogue with --catalogue encoders.yaml"
             )
         catalogue = load_config(args.catalogue, kind="catalogue")
+    # the sweep's train instance of this run: same config, same key, same directory
+    specs = [catalogue.get(name) for name in cfg.targets] if catalogue else []
+    config = train_stage.instance(cfg, specs)
+    key = STAGES.get("train").key(config, _upstream(cfg))
+    out = Path(args.out) if args.out else stage_dir(results_root(), "train", key)
     with checkpoint_on_signals():
         outcome = train(
             cfg, out, catalogue=catalogue, device=args.device, stop_after=args.stop_after
@@ -91,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
             out,
             stage="train",
             key=key,
-            config=cfg.to_dict(),
+            config=config,
             payload=payload,
             status=status,
             error=outcome["error"],
@@ -99,13 +109,24 @@ def run(args: argparse.Namespace) -> int:
         )
     final = payload["final"]
     print(
-        f"{status}: {key} at step {payload['steps_done']}/{payload['steps_target']} "
+        f"{status}: {config['run_id']} at step {payload['steps_done']}/{payload['steps_target']} "
         f"loss={final['loss']} align_cos={final['align_cos']} -> {out}",
         file=sys.stderr if status == "diverged" else sys.stdout,
     )
     if outcome["error"]:
         print(f"error: {outcome['error']}", file=sys.stderr)
     return 1 if status == "diverged" else 0
+
+
+def _upstream(cfg: Any) -> list[str]:
+    """The upstream keys a sweep gives this run: the latent cache of a latent-space run."""
+    from harness.stages import STAGES, latents
+
+    if cfg.model.space != "latent" or cfg.train.latents == "online":
+        return []
+    return [
+        STAGES.get("latents").key(latents.instance(cfg.data, cfg.train.vae, cfg.random_weights))
+    ]
 
 
 COMMAND = Command(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -53,3 +54,13 @@ class DataConfig(Config):
                 "@root: source 'folder' needs 'root' (a directory with train/ and val/)"
             )
         return self
+
+
+def resolved_data(data: DataConfig) -> DataConfig:
+    """``data`` with relative paths made absolute (jobs run elsewhere: the code snapshot)."""
+    updates = {
+        name: str(Path(value).expanduser().absolute())
+        for name in ("root", "mask_root")
+        if (value := getattr(data, name)) is not None
+    }
+    return data.model_copy(update=updates) if updates else data

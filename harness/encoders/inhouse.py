@@ -45,13 +45,19 @@ from harness.encoders.pretrain import Recipe, TinyViT, build_vit
 from harness.encoders.pretrain_objectives import OBJECTIVES, Objective, TrainData
 from harness.errors import WeightsError, did_you_mean, format_allowed
 from harness.eval.substitute import save_checkpoint
-from harness.io import content_hash, make_dirs, share
+from harness.io import make_dirs, share
+from harness.keys import KeyFields
 from harness.logs import event, get_logger
 from harness.paths import cache_dir, results_root
 
 log = get_logger(__name__)
 M = TypeVar("M", bound=BaseModel)
 VERSION = 1  # bump when training, architecture or checkpoint semantics change
+INHOUSE_KEY = KeyFields(  # everything the trained weights depend on (InhouseSetup.key_payload)
+    "inhouse-encoder",
+    VERSION,
+    fields=("objective", "recipe", "patch_size", "mean", "std", "dataset"),
+)
 # the CPU study's data (sweeps/cpu-study.yaml); an entry's params.data overrides fields of it
 DEFAULT_DATA = DataConfig(resolution=32, num_classes=10, train_images=2000, val_images=500, seed=0)
 
@@ -74,7 +80,6 @@ class InhouseSetup:
     def key_payload(self, fingerprints: dict[str, str]) -> dict[str, Any]:
         """Everything the trained weights depend on."""
         return {
-            "version": VERSION,
             "objective": self.objective,
             "recipe": self.recipe.to_dict(),
             "patch_size": self.spec.patch_size,
@@ -186,7 +191,7 @@ def cache_path(setup: InhouseSetup, root: Path | None = None) -> tuple[Path, str
     from harness.data import build_dataset
 
     fingerprints = {s: build_dataset(setup.data, s).fingerprint() for s in ("train", "val")}
-    key = content_hash(setup.key_payload(fingerprints), 16)
+    key = INHOUSE_KEY.key(setup.key_payload(fingerprints))
     return cache_dir(results_root() if root is None else root, "encoders") / f"{key}.pt", key
 
 

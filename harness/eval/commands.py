@@ -16,7 +16,6 @@ from pydantic import BaseModel
 
 from harness.config.loader import YamlDoc, load_yaml, parse_override, validate
 from harness.errors import ConfigError
-from harness.io import content_hash
 
 
 def load_sections(
@@ -71,11 +70,6 @@ def load_sections(
 
 def _looks_like(doc: YamlDoc, model: type[BaseModel]) -> bool:
     return set(doc.data) <= set(model.model_fields)
-
-
-def stage_key(stage: str, **parts: Any) -> str:
-    """Content key of a command-line stage run (artifact directory name)."""
-    return content_hash({"stage": stage, **parts})
 
 
 def add_common_options(parser: argparse.ArgumentParser, set_example: str) -> None:

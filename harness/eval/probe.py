@@ -25,7 +25,8 @@ import numpy as np
 from harness.config.data import DataConfig
 from harness.config.eval import ProbeConfig
 from harness.errors import DataError
-from harness.io import atomic_write, content_hash
+from harness.io import atomic_write
+from harness.keys import KeyFields
 from harness.logs import event, get_logger
 from harness.paths import cache_dir, results_root
 from harness.progress import progress
@@ -35,6 +36,12 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 FEATURES_VERSION = 1  # bump when feature extraction semantics change (invalidates the cache)
+FEATURES_KEY = KeyFields(  # pooled features: who pools (encoder or SiT block), how, on what
+    "features",
+    FEATURES_VERSION,
+    fields=("source", "pooling", "dtype", "datasets"),
+    exclude=("source.encoder.notes", "source.encoder.license"),
+)
 _EVAL_CHUNK = 65_536  # rows per forward pass when scoring heads
 
 
@@ -264,10 +271,9 @@ def cached_probe(
         "train": _count(len(splits["train"]), cfg.train_images),
         "val": _count(len(splits["val"]), cfg.val_images),
     }
-    features_key = content_hash(
+    features_key = FEATURES_KEY.key(
         {
-            "version": FEATURES_VERSION,
-            **identity,
+            "source": identity,
             "pooling": cfg.pooling,
             "dtype": cfg.feature_dtype,
             "datasets": {s: [ds.fingerprint(), counts[s]] for s, ds in splits.items()},

@@ -41,7 +41,8 @@ from harness.config.eval import EvalConfig
 from harness.errors import ArtifactError, ConfigError, DataError, StageError
 from harness.eval.fd import GaussianStats, StatsAccumulator, stats_from_arrays
 from harness.eval.features import ExtractorInfo
-from harness.io import atomic_write, content_hash, file_hash, write_json
+from harness.io import atomic_write, file_hash, write_json
+from harness.keys import KeyFields
 from harness.logs import event, get_logger
 from harness.paths import cache_dir, results_root
 
@@ -51,20 +52,23 @@ META_FILE = "reference.json"
 REFERENCE_VERSION = 1  # bump when the statistics' meaning changes (invalidates cached refs)
 FEATURE_SUBSET_SEED = 0  # which reference images keep their features for KID / PR
 ADM_FEATURE_DIM = 2048
-_KEY_FIELDS = (
-    "version",
-    "source",
-    "dataset",
-    "n_images",
-    "n_features",
-    "resolution",
-    "extractor",
-    "extractor_weights",
-    "feature_layer",
-    "fd_dinov2_extractor",
-    "fd_dinov2_weights",
-    "batch_size",
-    "torch_fidelity",
+REFERENCE_KEY = KeyFields(  # the fields of reference.json that change the statistics
+    "reference",
+    REFERENCE_VERSION,
+    fields=(
+        "source",
+        "dataset",
+        "n_images",
+        "n_features",
+        "resolution",
+        "extractor",
+        "extractor_weights",
+        "feature_layer",
+        "fd_dinov2_extractor",
+        "fd_dinov2_weights",
+        "batch_size",
+        "torch_fidelity",
+    ),
 )
 
 
@@ -190,7 +194,7 @@ def compute_reference(
         "batch_size": cfg.batch_size,
         "torch_fidelity": torch_fidelity.__version__,
     }
-    meta["reference_key"] = content_hash({k: meta[k] for k in _KEY_FIELDS})
+    meta["reference_key"] = REFERENCE_KEY.key(meta)
     meta.update(_class_accuracy_real(cfg, data, primary, device))  # not part of the key
     meta["available"] = {
         "fid": True,

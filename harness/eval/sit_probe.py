@@ -20,11 +20,19 @@ import numpy as np
 from harness.config.eval import ProbeConfig
 from harness.errors import StageError
 from harness.io import file_hash
+from harness.keys import KeyFields
 from harness.logs import event, get_logger
 
 log = get_logger(__name__)
 _STEP = re.compile(r"step_(\d+)\.pt$")
 NOISE_SEED = 0  # noise of image i: seeded with NOISE_SEED + i (same across splits' indices)
+SIT_PROBE_VERSION = 1  # bump when the probe of SiT hidden states changes meaning
+SIT_PROBE_KEY = KeyFields(  # the result directory of `harness probe --sit`
+    "sit_probe",
+    SIT_PROBE_VERSION,
+    fields=("checkpoint_sha256", "block", "noise_t", "probe"),
+    exclude=("probe.extract_batch_size",),
+)
 
 
 def run_sit_probe(

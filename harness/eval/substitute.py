@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 from harness.config.data import DataConfig
 from harness.config.eval import SubstituteConfig
 from harness.errors import DataError, WeightsError
-from harness.io import atomic_write, content_hash, write_json
+from harness.io import atomic_write, write_json
+from harness.keys import KeyFields
 from harness.logs import event, get_logger
 from harness.paths import cache_dir
 from harness.progress import progress
@@ -43,11 +44,13 @@ ACCURACY_VERSION = 1  # bump when the real-image accuracy's meaning changes (inv
 ACCURACY_SPLIT = "val"  # the real images the ceiling of the sample class accuracy is measured on
 
 
+SUBSTITUTE_KEY = KeyFields("substitute", RECIPE_VERSION, fields=("dataset", "recipe"), length=12)
+ACCURACY_KEY = KeyFields("substitute-accuracy", ACCURACY_VERSION, fields=("dataset",), length=12)
+
+
 def substitute_key(dataset_fingerprint: str, cfg: SubstituteConfig) -> str:
     """Content key of a substitute extractor: dataset content + recipe (arch, training, seed)."""
-    return content_hash(
-        {"version": RECIPE_VERSION, "dataset": dataset_fingerprint, "recipe": cfg.to_dict()}, 12
-    )
+    return SUBSTITUTE_KEY.key({"dataset": dataset_fingerprint, "recipe": cfg.to_dict()})
 
 
 def substitute_info(path: Path, *, fid_layer: str | None = None) -> ExtractorInfo:
@@ -138,8 +141,7 @@ def real_class_accuracy(
     dataset = build_dataset(data, ACCURACY_SPLIT)
     fingerprint = dataset.fingerprint()
     cache = path.with_name(
-        f"{path.stem}.{ACCURACY_SPLIT}-"
-        f"{content_hash({'version': ACCURACY_VERSION, 'fingerprint': fingerprint}, 12)}.json"
+        f"{path.stem}.{ACCURACY_SPLIT}-{ACCURACY_KEY.key({'dataset': fingerprint})}.json"
     )
     try:
         cached = json.loads(cache.read_text(encoding="utf-8"))

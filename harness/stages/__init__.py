@@ -2,9 +2,9 @@
 
 A :class:`Stage` declares its ``name``, ``version``, the slice of its config that determines its
 result (``key_fields`` minus ``key_exclude``, dotted paths) and the upstream stages it ``needs``.
-An instance's content key is ``content_hash(name, version, key config, upstream keys)``, so an
-instance is shared by every run and every sweep that asks for the same thing, and editing a
-setting re-plans exactly the instances whose key slice changed.
+An instance's content key is :meth:`harness.keys.KeyFields.key` of (name, version, key slice,
+upstream keys), so an instance is shared by every run, sweep and command that asks for the same
+thing, and editing a setting re-plans exactly the instances whose key slice changed.
 
 ``run(ctx)`` is thin: it rebuilds typed configs from ``ctx.config`` and calls the domain code
 (``harness.metrics``, ``harness.eval``, ``harness.train``), returning a :class:`StageOutcome`.
@@ -15,7 +15,6 @@ This package imports without torch; stage modules import domain code inside ``ru
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from harness.errors import StageError
-from harness.io import content_hash
+from harness.keys import KeyFields
 from harness.paths import stage_dir
 from harness.registry import Registry
 
@@ -78,27 +77,18 @@ class Stage:
     cooperative_stop: bool = False  # run() polls ctx.should_stop, saves, returns "interrupted"
     description: str = ""
 
+    @property
+    def key_fields_spec(self) -> KeyFields:
+        """How this stage's instances are keyed (:mod:`harness.keys`)."""
+        return KeyFields(self.name, self.version, self.key_fields, self.key_exclude)
+
     def key_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
         """The slice of ``config`` that determines this stage's result."""
-        selected: dict[str, Any] = {}
-        for path in self.key_fields:
-            value = _get_path(config, path)
-            if value is not _MISSING:
-                _set_path(selected, path, copy.deepcopy(value))
-        for path in self.key_exclude:
-            _pop_path(selected, path)
-        return selected
+        return self.key_fields_spec.select(config)
 
     def key(self, config: Mapping[str, Any], upstream_keys: Iterable[str] = ()) -> str:
         """The content key: hash of name, version, key slice and upstream keys."""
-        return content_hash(
-            {
-                "stage": self.name,
-                "version": self.version,
-                "config": self.key_config(config),
-                "needs": sorted(upstream_keys),
-            }
-        )
+        return self.key_fields_spec.key(config, upstream_keys)
 
 
 STAGES: Registry[Stage] = Registry("stage")
@@ -112,34 +102,6 @@ def register(stage: Stage) -> Stage:
 def typed(model: type[M], data: Any) -> M:
     """Rebuild a strict config from its JSON-dumped dict (JSON mode: lists become tuples)."""
     return model.model_validate_json(json.dumps(data))
-
-
-_MISSING = object()
-
-
-def _get_path(config: Mapping[str, Any], path: str) -> Any:
-    node: Any = config
-    for part in path.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return _MISSING
-        node = node[part]
-    return node
-
-
-def _set_path(target: dict[str, Any], path: str, value: Any) -> None:
-    *parents, last = path.split(".")
-    for part in parents:
-        target = target.setdefault(part, {})
-    target[last] = value
-
-
-def _pop_path(target: dict[str, Any], path: str) -> None:
-    *parents, last = path.split(".")
-    node: Any = target
-    for part in parents:
-        node = node.get(part) if isinstance(node, dict) else None
-    if isinstance(node, dict):
-        node.pop(last, None)
 
 
 # register the stages (each module is torch-free at import)

@@ -4,11 +4,21 @@ preemption the job is requeued and resumes from the sample shards already on dis
 
 from __future__ import annotations
 
+from typing import Any
+
+from harness.config.eval import EvalConfig
+from harness.config.run import RunConfig, run_id
 from harness.stages import Stage, StageContext, StageOutcome, register, typed
 
 
+def instance(run: RunConfig, step: int, eval_cfg: EvalConfig) -> dict[str, Any]:
+    """The config of one checkpoint's evaluation (planned by a sweep, or run by ``harness
+    eval``: the same dict, so the same key); it also needs the ``train`` and ``fid_ref`` keys."""
+    settings = {k: v for k, v in eval_cfg.to_dict().items() if k != "at_steps"}
+    return {"run_id": run_id(run), "step": step, "eval": settings, "model": run.model.to_dict()}
+
+
 def run(ctx: StageContext) -> StageOutcome:
-    from harness.config.eval import EvalConfig
     from harness.config.model import ModelConfig
     from harness.eval.driver import evaluate_checkpoint
     from harness.train.checkpoint import checkpoint_path

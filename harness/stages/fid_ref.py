@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from harness.config.data import DataConfig, resolved_data
+from harness.config.eval import EvalConfig
 from harness.stages import Stage, StageContext, StageOutcome, register, typed
 
 # eval settings that concern the generated samples, not the reference statistics
@@ -17,9 +21,13 @@ SAMPLE_SIDE_FIELDS = (
 )
 
 
+def instance(data: DataConfig, eval_cfg: EvalConfig) -> dict[str, Any]:
+    """The config of the instance for ``data`` x ``eval_cfg`` (planned by a sweep, or run by
+    ``harness fid-ref`` / ``harness eval``: the same dict, so the same key)."""
+    return {"data": resolved_data(data).to_dict(), "eval": eval_cfg.to_dict()}
+
+
 def run(ctx: StageContext) -> StageOutcome:
-    from harness.config.data import DataConfig
-    from harness.config.eval import EvalConfig
     from harness.eval.reference import compute_reference
 
     payload = compute_reference(

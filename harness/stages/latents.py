@@ -4,23 +4,30 @@ finds the complete cache under ``results/cache/latents/<key>`` by itself)."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from harness.config.data import DataConfig, resolved_data
 from harness.stages import Stage, StageContext, StageOutcome, register, typed
 
 SPLIT = "train"
 BATCH_SIZE = 64
 
 
+def instance(data: DataConfig, vae: str, random_weights: bool) -> dict[str, Any]:
+    """The config of the latent cache's instance (planned by a sweep; ``harness train`` names
+    it as the upstream of a latent-space run: the same dict, so the same key)."""
+    return {"data": resolved_data(data).to_dict(), "vae": vae, "random_weights": random_weights}
+
+
 def run(ctx: StageContext) -> StageOutcome:
     from harness.config.data import DataConfig
     from harness.data import build_dataset
-    from harness.paths import cache_dir
-    from harness.train.latents import LatentCache, cache_key, load_vae
+    from harness.train.latents import latent_cache, load_vae
 
     data = typed(DataConfig, ctx.config["data"])
     vae_id, random_vae = ctx.config["vae"], bool(ctx.config["random_weights"])
     dataset = build_dataset(data, SPLIT)
-    key = cache_key(dataset.fingerprint(), SPLIT, vae_id, random_vae)
-    cache = LatentCache(cache_dir(ctx.root, "latents") / key)
+    cache, key = latent_cache(dataset, SPLIT, vae_id, random_vae, ctx.root)
     meta = {
         "dataset": dataset.fingerprint(),
         "split": SPLIT,

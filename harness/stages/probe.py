@@ -6,13 +6,34 @@ encoder and by every sweep (``harness.eval.probe.run_probe`` does the work).
 
 from __future__ import annotations
 
+from typing import Any
+
+from harness.config.data import DataConfig, resolved_data
+from harness.config.encoders import EncoderSpec
+from harness.config.eval import ProbeConfig
 from harness.stages import Stage, StageContext, StageOutcome, register, typed
 
 
+def instance(
+    spec: EncoderSpec,
+    data: DataConfig,
+    probe: ProbeConfig,
+    grid: tuple[int, int],
+    random_weights: bool,
+) -> dict[str, Any]:
+    """The config of one encoder's instance (planned by a sweep, or run by ``harness probe``:
+    the same dict, so the same key)."""
+    return {
+        "encoder": spec.name,
+        "encoder_spec": spec.to_dict(),
+        "data": resolved_data(data).to_dict(),
+        "grid": list(grid),
+        "random_weights": bool(random_weights),
+        "probe": probe.to_dict(),
+    }
+
+
 def run(ctx: StageContext) -> StageOutcome:
-    from harness.config.data import DataConfig
-    from harness.config.encoders import EncoderSpec
-    from harness.config.eval import ProbeConfig
     from harness.eval.probe import run_probe
 
     payload = run_probe(

@@ -6,13 +6,34 @@ encoder and by every sweep (``harness.metrics.measure.measure_encoder`` does the
 
 from __future__ import annotations
 
+from typing import Any
+
+from harness.config.data import DataConfig, resolved_data
+from harness.config.encoders import EncoderSpec
+from harness.config.metrics import SpatialConfig
 from harness.stages import Stage, StageContext, StageOutcome, register, typed
 
 
+def instance(
+    spec: EncoderSpec,
+    data: DataConfig,
+    spatial: SpatialConfig,
+    grid: tuple[int, int],
+    random_weights: bool,
+) -> dict[str, Any]:
+    """The config of one encoder's instance (planned by a sweep, or run by ``harness metrics``:
+    the same dict, so the same key). ``grid`` is the token grid it is measured at."""
+    return {
+        "encoder": spec.name,
+        "encoder_spec": spec.to_dict(),
+        "data": resolved_data(data).to_dict(),
+        "grid": list(grid),
+        "random_weights": bool(random_weights),
+        "spatial": spatial.to_dict(),
+    }
+
+
 def run(ctx: StageContext) -> StageOutcome:
-    from harness.config.data import DataConfig
-    from harness.config.encoders import EncoderSpec
-    from harness.config.metrics import SpatialConfig
     from harness.metrics.measure import measure_encoder
 
     payload = measure_encoder(
@@ -36,6 +57,7 @@ STAGE = register(
         key_exclude=(
             "encoder_spec.notes",
             "encoder_spec.license",
+            "spatial.grid",  # the plan's choice of grid, resolved into "grid"
             "spatial.batch_size",
             "spatial.num_workers",
         ),

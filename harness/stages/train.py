@@ -9,17 +9,41 @@ boundaries, saves a checkpoint and returns ``interrupted``; the requeued job res
 
 from __future__ import annotations
 
-from harness.config.run import OPERATIONAL_TRAIN_FIELDS
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from harness.config.encoders import EncoderSpec
+from harness.config.run import OPERATIONAL_TRAIN_FIELDS, RunConfig, run_id
+from harness.io import file_hash
 from harness.stages import Stage, StageContext, StageOutcome, register, typed
 
 
+def instance(run: RunConfig, specs: Sequence[EncoderSpec] = ()) -> dict[str, Any]:
+    """The config of one run's instance (planned by a sweep, or run by ``harness train``: the
+    same dict, so the same key); ``specs`` are the catalogue entries of its target encoders
+    (one in a sweep; ``harness train`` also takes several)."""
+    config: dict[str, Any] = {
+        "run": run.to_dict(),
+        "run_id": run_id(run),
+        "encoder_spec": specs[0].to_dict() if len(specs) == 1 else None,
+    }
+    if len(specs) > 1:
+        config["encoder_specs"] = [spec.to_dict() for spec in specs]
+    if run.train.latent_stats:  # keyed by the file's content too, not only its path
+        path = Path(run.train.latent_stats)  # not there yet: the pre-submit check names it
+        config["latent_stats_sha256"] = file_hash(path, 64) if path.is_file() else None
+    return config
+
+
 def run(ctx: StageContext) -> StageOutcome:
-    from harness.config.encoders import Catalogue, EncoderSpec
-    from harness.config.run import RunConfig
+    from harness.config.encoders import Catalogue
     from harness.train.loop import train
 
-    spec = ctx.config.get("encoder_spec")
-    catalogue = Catalogue(encoders=[typed(EncoderSpec, spec)]) if spec else None
+    specs = ctx.config.get("encoder_specs") or [ctx.config.get("encoder_spec")]
+    catalogue = (
+        Catalogue(encoders=[typed(EncoderSpec, s) for s in specs if s]) if specs[0] else None
+    )
     outcome = train(
         typed(RunConfig, ctx.config["run"]),
         ctx.out_dir,
@@ -35,7 +59,7 @@ STAGE = register(
         name="train",
         version=1,
         run=run,
-        key_fields=("run", "encoder_spec"),
+        key_fields=("run", "encoder_spec", "encoder_specs", "latent_stats_sha256"),
         key_exclude=(
             *(f"run.train.{name}" for name in OPERATIONAL_TRAIN_FIELDS),
             "encoder_spec.notes",

@@ -26,7 +26,8 @@ import torch
 from harness.config.sampler import OFFICIAL_TO_UINT8, ToUint8
 from harness.config.train import TrainConfig
 from harness.errors import ArtifactError, WeightsError
-from harness.io import content_hash, make_dirs, share, write_json
+from harness.io import make_dirs, share, write_json
+from harness.keys import KeyFields
 from harness.logs import event, get_logger
 from harness.progress import progress
 from harness.train.data import model_to_pixels, pixels_to_model
@@ -143,16 +144,22 @@ def decode_latents(
 # ---------------------------------------------------------------------------------------------
 # Latent cache
 # ---------------------------------------------------------------------------------------------
-def cache_key(dataset_fingerprint: str, split: str, vae: str, random_vae: bool) -> str:
-    return content_hash(
-        {
-            "dataset": dataset_fingerprint,
-            "split": split,
-            "vae": vae,
-            "random_vae": random_vae,
-            "format": CACHE_FORMAT,
-        }
+LATENT_CACHE_KEY = KeyFields(
+    "latent-cache", CACHE_FORMAT, fields=("dataset", "split", "vae", "random_vae")
+)
+
+
+def latent_cache(
+    dataset: Any, split: str, vae: str, random_vae: bool, root: Path
+) -> tuple[LatentCache, str]:
+    """The latent cache of ``dataset`` (one split) under results ``root``: (cache, key). The one
+    place its key is made, shared by the ``latents`` stage, ``harness prepare`` and training."""
+    from harness.paths import cache_dir
+
+    key = LATENT_CACHE_KEY.key(
+        {"dataset": dataset.fingerprint(), "split": split, "vae": vae, "random_vae": random_vae}
     )
+    return LatentCache(cache_dir(root, "latents") / key), key
 
 
 class LatentCache:

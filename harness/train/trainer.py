@@ -206,8 +206,8 @@ class Trainer:
         ]
 
     def _training_data(self, dataset: Any) -> tuple[Any, nn.Module | None]:
-        from harness.paths import cache_dir, results_root
-        from harness.train.latents import LatentCache, LatentDataset, cache_key, load_vae
+        from harness.paths import results_root
+        from harness.train.latents import LatentDataset, latent_cache, load_vae
 
         if dataset is None:
             from harness.data import build_dataset
@@ -216,8 +216,9 @@ class Trainer:
         self._check_dataset(dataset)
         if self.run.model.space == "pixel" or isinstance(dataset, LatentDataset):
             return dataset, None
-        key = cache_key(dataset.fingerprint(), "train", self.cfg.vae, self.run.random_weights)
-        cache = LatentCache(cache_dir(results_root(), "latents") / key)
+        cache, _ = latent_cache(
+            dataset, "train", self.cfg.vae, self.run.random_weights, results_root()
+        )
         if self.cfg.latents != "online" and cache.complete:
             return LatentDataset(dataset, cache.moments()), None
         if self.cfg.latents == "cache":
