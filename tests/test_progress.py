@@ -24,7 +24,12 @@ quick.close()
 def test_piped_progress_is_plain_lines_without_redraws():
     env = {**os.environ, "HARNESS_PROGRESS": "1"}  # CI turns bars off; this test is about them
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120, check=True, env=env
+        [sys.executable, "-c", SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        env=env,
     )
     err = proc.stderr
     assert "\r" not in err and "|" not in err  # no redraws, no bar graphics
