@@ -17,8 +17,11 @@ from pydantic import Field, field_validator, model_validator
 
 from harness.config.base import Config
 
-# the stage kinds that can carry their own resource block
+# the stage kinds (harness.stages.STAGES), in execution order; each can carry a resource block
 STAGE_KINDS = ("latents", "fid_ref", "spatial", "probe", "train", "eval")
+# where stage jobs run (harness.launch.executor); "auto" picks slurm when sbatch works, else local
+EXECUTORS = ("slurm", "local", "debug")
+EXECUTOR_CHOICES = ("auto", *EXECUTORS)  # launch.executor and --executor
 
 
 class ResourceConfig(Config):

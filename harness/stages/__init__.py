@@ -8,7 +8,7 @@ setting re-plans exactly the instances whose key slice changed.
 
 ``run(ctx)`` is thin: it rebuilds typed configs from ``ctx.config`` and calls the domain code
 (``harness.metrics``, ``harness.eval``, ``harness.train``), returning a :class:`StageOutcome`.
-The runner (:class:`harness.stages.runner.StageJob`) writes ``state.json`` and ``result.json``.
+The runner (:class:`harness.launch.runner.StageJob`) writes ``state.json`` and ``result.json``.
 
 This package imports without torch; stage modules import domain code inside ``run``.
 """
@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from harness.config.resources import STAGE_KINDS
 from harness.errors import StageError
 from harness.io import content_hash
 from harness.paths import stage_dir
@@ -105,6 +106,11 @@ STAGES: Registry[Stage] = Registry("stage")
 
 
 def register(stage: Stage) -> Stage:
+    """Register ``stage`` under its name, one of the stage kinds (``config.resources.STAGE_KINDS``)."""
+    if stage.name not in STAGE_KINDS:
+        raise StageError(
+            f"stage {stage.name!r} is not a stage kind", hint=f"allowed: {', '.join(STAGE_KINDS)}"
+        )
     STAGES.register(stage.name, stage)
     return stage
 
