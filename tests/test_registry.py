@@ -141,7 +141,7 @@ def test_dependencies_point_one_way(layer: str, forbidden: set[str]) -> None:
     [
         r'\("lds", "cds"',  # the spatial metrics: harness.metrics.SPATIAL_METRICS
         r'"latents", "fid_ref", "spatial", "probe", "train", "eval"',  # STAGE_KINDS
-        r'"slurm", "local", "debug"',  # EXECUTORS
+        r'"auto", "slurm", "local", "debug"',  # EXECUTOR_CHOICES
         r'"mlp": "harness',  # PROJECTORS
     ],
 )

@@ -34,7 +34,7 @@ from harness.config.eval import EvalConfig, ProbeConfig
 from harness.config.loader import YamlDoc, dotted, load_yaml, validate
 from harness.config.metrics import SpatialConfig
 from harness.config.model import SIT_ARCHS, ModelConfig, check_name
-from harness.config.resources import EXECUTOR_CHOICES, Resources
+from harness.config.resources import ExecutorChoice, Resources
 from harness.config.train import METHODS, AlignConfig, TrainConfig
 from harness.errors import ConfigError, did_you_mean, format_allowed
 
@@ -46,18 +46,13 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 class LaunchConfig(Config):
     """How stages are submitted and followed."""
 
-    executor: str = "auto"  # EXECUTOR_CHOICES; auto: slurm if sbatch works, else local
+    executor: ExecutorChoice = "auto"  # auto: slurm if sbatch works, else local
     local_parallelism: int = Field(1, ge=1)  # local executor: stage jobs running at once
     submit_interval_s: float = Field(0.05, ge=0.0)  # minimum seconds between two sbatch calls
     poll_min_s: float = Field(2.0, gt=0.0)  # shortest interval between two squeue calls
     poll_max_s: float = Field(60.0, gt=0.0)  # longest interval (backoff while nothing changes)
     snapshot: bool = True  # run queued jobs on a copy of the code taken at submit time
     job_name: str = Field("harness", pattern=NAME_PATTERN)  # SLURM job-name prefix
-
-    @field_validator("executor")
-    @classmethod
-    def _known_executor(cls, value: str) -> str:
-        return check_name(value, EXECUTOR_CHOICES, "executor") or value
 
 
 class NoiseFloorConfig(Config):
