@@ -34,6 +34,7 @@ from pydantic import ValidationError
 from harness.artifacts import git_sha
 from harness.config.data import resolved_data
 from harness.config.model import SiTArch
+from harness.config.resources import STAGE_KINDS
 from harness.config.run import RunConfig, run_id
 from harness.config.sweep import SweepConfig, no_match, selected
 from harness.config.train import AlignConfig
@@ -45,7 +46,6 @@ from harness.stages import eval as evaluation
 
 PLAN_SCHEMA = 1
 PLAN_FILE = "plan.json"
-STAGE_ORDER = ("latents", "fid_ref", "spatial", "probe", "train", "eval")
 CPU_STUDY_HINT = (
     "no ImageNet here? run the CPU study: harness sweep encoders.yaml --sweep sweeps/cpu-study.yaml"
 )
@@ -295,7 +295,7 @@ class _Builder:
         return key
 
     def ordered(self) -> list[PlannedStage]:
-        rank = {name: i for i, name in enumerate(STAGE_ORDER)}
+        rank = {name: i for i, name in enumerate(STAGE_KINDS)}
         return sorted(self.stages.values(), key=lambda s: rank.get(s.stage, len(rank)))
 
 

@@ -10,11 +10,10 @@ import torch
 from harness.cli import main as cli_main
 from harness.config.loader import parse_yaml
 from harness.config.run import RunConfig, run_from_doc, run_id
-from harness.config.train import METHODS, PROJECTOR_KINDS, AlignConfig
+from harness.config.train import ALIGN_LOSSES, METHODS, PROJECTORS, AlignConfig
 from harness.errors import ConfigError, StageError
-from harness.models.projectors import PROJECTORS, build_projector
+from harness.models.projectors import build_projector
 from harness.train.align import (
-    ALIGN_LOSSES,
     Alignment,
     check_target,
     cosine_alignment,
@@ -125,10 +124,26 @@ def test_method_defaults_resolve_into_the_run_config() -> None:
     assert run_id(explicit) == run_id(RunConfig(method="repa", encoder="e"))  # defaults recorded
 
 
-def test_projector_registries_agree() -> None:
-    assert set(PROJECTORS) == set(PROJECTOR_KINDS)
+def test_projector_registry_resolves_every_name_to_a_module() -> None:
+    for name in PROJECTORS:  # the names config validation allows are the classes built
+        assert issubclass(PROJECTORS.get(name), torch.nn.Module)
     for name in METHODS:
         assert METHODS.get(name).projector in PROJECTORS
+        assert METHODS.get(name).loss in ALIGN_LOSSES
+
+
+def test_unresolved_alignment_config_is_an_error_not_a_fallback() -> None:
+    """An unset zscore_gamma once became γ = 0 (``or 0.0``) instead of iREPA's 0.6."""
+    unresolved = AlignConfig(projector="conv", kernel_size=3, loss="cosine", zscore=True)
+    with pytest.raises(ConfigError, match="zscore_gamma"):
+        Alignment(unresolved, 8, [4], (2, 2))
+    resolved = unresolved.resolved("irepa", 2)
+    assert (resolved.zscore_gamma, resolved.proj_coeff) == (0.6, 0.5)
+    alignment = Alignment(resolved, 8, [4], (2, 2))
+    tokens = torch.randn(1, 4, 4) + 3.0
+    torch.testing.assert_close(
+        alignment.prepare_targets([tokens])[0], zscore_tokens(tokens, gamma=0.6)
+    )
 
 
 @pytest.mark.parametrize(

@@ -24,8 +24,8 @@ from harness.launch.jobs import (
     stage_status,
     write_state,
 )
+from harness.launch.runner import failure_text
 from harness.paths import stage_dir
-from harness.stages.runner import failure_text
 
 
 def test_a_wrapped_enospc_becomes_an_oserror_naming_the_file_and_leaves_nothing(tmp_path):

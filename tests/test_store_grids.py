@@ -12,10 +12,10 @@ import pytest
 from harness.config.encoders import load_catalogue
 from harness.config.model import ModelConfig
 from harness.config.sweep import load_sweep
+from harness.launch.runner import StageJob, write_spec
 from harness.paths import stage_dir
 from harness.plan import Plan, build_plan, save_plan
 from harness.stages import STAGES
-from harness.stages.runner import StageJob, write_spec
 from harness.store.db import open_readonly
 from harness.store.ingest import ingest
 

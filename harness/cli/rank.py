@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.cli import NON_NEGATIVE_INT, Command, add_overrides_argument, bounded
+from harness.config.resources import EXECUTOR_CHOICES
+from harness.metrics import SPATIAL_METRICS
 
 PUBLISHED = "published"
 MEASURE_STAGES = ("spatial", "probe")
@@ -79,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--executor",
-        choices=("auto", "slurm", "local", "debug"),
+        choices=EXECUTOR_CHOICES,
         help="where the measurement jobs run (default: the sweep's launch.executor)",
     )
     parser.add_argument(
@@ -325,7 +327,7 @@ def measured_metrics(root: Path, plan: Any) -> Any:
             top1 = payload.get("top1")
             row["lp_top1"] = np.nan if top1 is None else float(top1)
     frame = pd.DataFrame(list(rows.values()))
-    for column in ("lds", "cds", "srss", "rmsc", "lp_top1"):
+    for column in (*SPATIAL_METRICS, "lp_top1"):
         if column not in frame:
             frame[column] = np.nan
     return frame

@@ -142,8 +142,8 @@ def render_view(view: dict[str, Any]) -> Any:
     from rich.table import Table
     from rich.text import Text
 
+    from harness.config.resources import STAGE_KINDS
     from harness.launch.jobs import STATES
-    from harness.plan import STAGE_ORDER
 
     table = Table(title=f"sweep {view['name']}", title_justify="left")
     table.add_column("stage")
@@ -154,7 +154,7 @@ def render_view(view: dict[str, Any]) -> Any:
     table.add_column("ETA", justify="right")
     totals = dict.fromkeys(STATES, 0)
     for kind in sorted(
-        view["rows"], key=lambda k: STAGE_ORDER.index(k) if k in STAGE_ORDER else 99
+        view["rows"], key=lambda k: STAGE_KINDS.index(k) if k in STAGE_KINDS else 99
     ):
         row = view["rows"][kind]
         for state in STATES:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.cli import Command, add_overrides_argument
+from harness.config.resources import EXECUTOR_CHOICES, STAGE_KINDS
 
 DEFAULT_SWEEP = Path("sweeps") / "default.yaml"
 
@@ -44,11 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--only",
         metavar="STAGE[,STAGE]",
-        help="submit only these stage kinds (latents, fid_ref, spatial, probe, train, eval)",
+        help=f"submit only these stage kinds ({', '.join(STAGE_KINDS)})",
     )
     parser.add_argument(
         "--executor",
-        choices=("auto", "slurm", "local", "debug"),
+        choices=EXECUTOR_CHOICES,
         help="where jobs run (default: the sweep's launch.executor; auto = slurm if sbatch works, "
         "else local; debug = in this process, with pdb on a failure)",
     )
@@ -86,16 +87,15 @@ def load_inputs(args: argparse.Namespace) -> tuple[Any, Any]:
 
 def parse_only(text: str | None) -> list[str] | None:
     from harness.errors import ConfigError, did_you_mean
-    from harness.plan import STAGE_ORDER
 
     if not text:
         return None
     kinds = [k.strip() for k in text.split(",") if k.strip()]
     for kind in kinds:
-        if kind not in STAGE_ORDER:
+        if kind not in STAGE_KINDS:
             raise ConfigError(
-                f"--only {kind!r}: not a stage{did_you_mean(kind, STAGE_ORDER)}",
-                hint=f"allowed: {', '.join(STAGE_ORDER)}",
+                f"--only {kind!r}: not a stage{did_you_mean(kind, STAGE_KINDS)}",
+                hint=f"allowed: {', '.join(STAGE_KINDS)}",
             )
     return kinds
 
@@ -201,8 +201,6 @@ def print_plan(plan: Any, decisions: dict[str, Any], submitted: Any = None) -> N
     from rich.console import Console
     from rich.table import Table
 
-    from harness.plan import STAGE_ORDER
-
     columns = ("done", "diverged", "live", "failed", "submit", "blocked", "skipped")
     headers = ("done", "diverged", "live", "failed", "to run", "blocked", "skipped")
     title = f"sweep {plan.sweep.name}: {len(plan.encoders)} encoders × " + (
@@ -217,7 +215,7 @@ def print_plan(plan: Any, decisions: dict[str, Any], submitted: Any = None) -> N
     table.add_column("GPU-h to run", justify="right", no_wrap=True)
     table.add_column("GPU-h all", justify="right", no_wrap=True)
     totals: dict[str, float] = {}
-    for kind in STAGE_ORDER:
+    for kind in STAGE_KINDS:
         mine = [d for d in decisions.values() if d.stage.stage == kind]
         if not mine:
             continue

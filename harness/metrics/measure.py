@@ -33,7 +33,8 @@ from harness.config.metrics import SpatialConfig
 from harness.errors import DataError
 from harness.io import atomic_write, write_text
 from harness.logs import event, get_logger
-from harness.metrics.spatial import METRICS, spatial_metrics
+from harness.metrics import SPATIAL_METRICS
+from harness.metrics.spatial import spatial_metrics
 from harness.progress import progress
 
 log = get_logger(__name__)
@@ -88,7 +89,7 @@ def measure_encoder(
         shuffle=False,
         num_workers=cfg.num_workers,
     )
-    columns: dict[str, list[np.ndarray]] = {key: [] for key in ("index", "label", *METRICS)}
+    columns: dict[str, list[np.ndarray]] = {key: [] for key in ("index", "label", *SPATIAL_METRICS)}
     token_means: list[np.ndarray] = []
     pooled: list[np.ndarray] = []
     bar = progress(total=n, desc=f"spatial {spec.name}", unit="img", transient=True)
@@ -98,7 +99,7 @@ def measure_encoder(
         values = spatial_metrics(out.tokens, hw, masks, name=spec.name, **params)
         columns["index"].append(batch["index"].numpy())
         columns["label"].append(batch["label"].numpy())
-        for key in METRICS:
+        for key in SPATIAL_METRICS:
             default = torch.full((len(out.tokens),), math.nan)
             columns[key].append(values.get(key, default).cpu().double().numpy())
         if cfg.save_features:
@@ -121,7 +122,7 @@ def measure_encoder(
                 token_mean=np.concatenate(token_means),
                 pooled=np.concatenate(pooled),
             )
-    summary = {key: summarize(table[key]) for key in METRICS}
+    summary = {key: summarize(table[key]) for key in SPATIAL_METRICS}
     payload = {
         "encoder": spec.name,
         "dataset": ds.fingerprint(),
@@ -145,7 +146,7 @@ def measure_encoder(
         encoder=spec.name,
         n_images=n,
         images_per_s=payload["images_per_s"],
-        **{key: summary[key]["mean"] for key in METRICS},
+        **{key: summary[key]["mean"] for key in SPATIAL_METRICS},
     )
     return payload
 
@@ -170,14 +171,11 @@ def per_image_csv(table: dict[str, np.ndarray]) -> str:
     """``index, lds, cds, srss, rmsc`` rows; NaN is written as an empty field."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["index", *METRICS_ORDER])
+    writer.writerow(["index", *SPATIAL_METRICS])
     for i in range(len(table["index"])):
         row = [int(table["index"][i])]
-        for key in METRICS_ORDER:
+        for key in SPATIAL_METRICS:
             value = float(table[key][i])
             row.append("" if math.isnan(value) else f"{value:.9g}")
         writer.writerow(row)
     return buffer.getvalue()
-
-
-METRICS_ORDER = ("lds", "cds", "srss", "rmsc")  # per_image.csv column order (the contract)

@@ -46,8 +46,6 @@ import torch.nn.functional as F
 from harness.errors import did_you_mean
 from harness.metrics import MetricError
 
-METRICS = ("lds", "cds", "rmsc", "srss")
-
 
 @dataclass(frozen=True)
 class SpatialParams:

@@ -1,8 +1,8 @@
 """Alignment projectors: SiT hidden tokens (B, T, D) -> encoder token space (B, T, Z).
 
-One registry entry per projector kind; the names match ``harness.config.train.PROJECTOR_KINDS``
-(the torch-free description that config validation uses). Every projector has the same
-constructor ``cls(in_dim, out_dim, *, hidden_dim, kernel_size, grid)``.
+Each class is an entry of the lazy registry ``harness.config.train.PROJECTORS`` (the one list of
+projector names, which config validation reads without importing this module). Every projector
+has the same constructor ``cls(in_dim, out_dim, *, hidden_dim, kernel_size, grid)``.
 """
 
 from __future__ import annotations
@@ -10,10 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harness.config.train import PROJECTOR_KINDS
-from harness.registry import Registry
-
-PROJECTORS: Registry[type[nn.Module]] = Registry("projector")
+from harness.config.train import PROJECTORS
 
 
 def _xavier_linears(module: nn.Module) -> None:
@@ -24,7 +21,6 @@ def _xavier_linears(module: nn.Module) -> None:
             nn.init.zeros_(layer.bias)
 
 
-@PROJECTORS.register("mlp")
 class MLPProjector(nn.Module):
     """REPA: Linear(D, P) - SiLU - Linear(P, P) - SiLU - Linear(P, Z), applied per token."""
 
@@ -45,7 +41,6 @@ class MLPProjector(nn.Module):
         return self.net(x)  # (B, T, Z)
 
 
-@PROJECTORS.register("linear")
 class LinearProjector(nn.Module):
     """One linear map per token (an ablation baseline)."""
 
@@ -60,7 +55,6 @@ class LinearProjector(nn.Module):
         return self.proj(x)  # (B, T, Z)
 
 
-@PROJECTORS.register("conv")
 class ConvProjector(nn.Module):
     """iREPA: one ``Conv2d(D, Z, k, padding=k // 2)`` over the (h, w) token grid.
 
@@ -94,6 +88,5 @@ def build_projector(
     grid: tuple[int, int],
 ) -> nn.Module:
     """Build the projector registered as ``kind`` (RegistryError with suggestions if unknown)."""
-    PROJECTOR_KINDS.get(kind)  # the config-side description must exist too
     cls = PROJECTORS.get(kind)
     return cls(in_dim, out_dim, hidden_dim=hidden_dim, kernel_size=kernel_size, grid=grid)

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from harness.metrics import SPATIAL_METRICS
 from harness.report import stats
-from harness.report.data import SHORT_LABELS, SPATIAL_METRICS, X_METRICS
+from harness.report.data import SHORT_LABELS, X_METRICS
 from harness.report.options import ReportOptions
 
 SCOPE_COLUMNS = ["scope", "sweep", "model", "method", "protocol", "step", "fid_label"]

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import HarnessError, StoreError, did_you_mean, format_allowed
+from harness.metrics import SPATIAL_METRICS
 from harness.paths import database_path
 from harness.report.schema import OPTIONAL_COLUMNS, READ_CONTRACT, columns, optional_columns
 
@@ -27,8 +28,7 @@ if TYPE_CHECKING:
     from harness.report.options import ReportOptions
 
 # encoder-level metrics on the x axes, in the order of the paper's Figure 4
-X_METRICS = ("lp_top1", "lds", "cds", "srss", "rmsc")
-SPATIAL_METRICS = ("lds", "cds", "srss", "rmsc")
+X_METRICS = ("lp_top1", *SPATIAL_METRICS)
 METRIC_LABELS = {
     "lp_top1": "linear-probe top-1",
     "lds": "LDS (local vs distant sim.)",

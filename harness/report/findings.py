@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from harness.metrics import SPATIAL_METRICS
 from harness.report.analysis import Analysis
-from harness.report.data import BASELINE, METHOD_LABELS, SHORT_LABELS, SPATIAL_METRICS, Study
+from harness.report.data import BASELINE, METHOD_LABELS, SHORT_LABELS, Study
 from harness.report.noise import NO, UNJUDGED, YES, Noise, short_fid
 from harness.report.options import ReportOptions
 

@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import HarnessError
+from harness.metrics import SPATIAL_METRICS
 from harness.report.data import (
     BASELINE,
     METHOD_LABELS,
-    SPATIAL_METRICS,
     X_METRICS,
     Study,
     missing_metric_exclusions,

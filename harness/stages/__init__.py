@@ -8,7 +8,7 @@ thing, and editing a setting re-plans exactly the instances whose key slice chan
 
 ``run(ctx)`` is thin: it rebuilds typed configs from ``ctx.config`` and calls the domain code
 (``harness.metrics``, ``harness.eval``, ``harness.train``), returning a :class:`StageOutcome`.
-The runner (:class:`harness.stages.runner.StageJob`) writes ``state.json`` and ``result.json``.
+The runner (:class:`harness.launch.runner.StageJob`) writes ``state.json`` and ``result.json``.
 
 This package imports without torch; stage modules import domain code inside ``run``.
 """
@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from harness.config.resources import STAGE_KINDS
 from harness.errors import StageError
 from harness.keys import KeyFields
 from harness.paths import stage_dir
@@ -95,6 +96,11 @@ STAGES: Registry[Stage] = Registry("stage")
 
 
 def register(stage: Stage) -> Stage:
+    """Register ``stage`` under its name, one of the stage kinds (``config.resources.STAGE_KINDS``)."""
+    if stage.name not in STAGE_KINDS:
+        raise StageError(
+            f"stage {stage.name!r} is not a stage kind", hint=f"allowed: {', '.join(STAGE_KINDS)}"
+        )
     STAGES.register(stage.name, stage)
     return stage
 

@@ -4,7 +4,8 @@ The methods themselves are declarative (``harness.config.train.METHODS``: which 
 λ, target normalisation and loss). This module holds the torch pieces they name:
 
 * ``TARGET_NORMS``: ``none`` (REPA) and ``zscore`` (iREPA's spatial normalisation);
-* ``ALIGN_LOSSES``: ``cosine`` (negative cosine per token, averaged over tokens);
+* the alignment losses of ``harness.config.train.ALIGN_LOSSES``: ``cosine``
+  (:func:`negative_cosine`, negative cosine per token, averaged over tokens);
 * :class:`Alignment`: one projector per target encoder, applied to the SiT hidden state after
   block ``encoder_depth``; the loss is averaged over tokens and over target encoders.
 
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.config.train import METHODS, AlignConfig
+from harness.config.train import ALIGN_LOSSES, METHODS, AlignConfig
 from harness.errors import StageError
 from harness.models.projectors import build_projector
 from harness.registry import Registry
@@ -36,6 +37,7 @@ __all__ = [
     "TargetEncoder",
     "check_target",
     "cosine_alignment",
+    "negative_cosine",
     "resize_tokens",
     "zscore_tokens",
 ]
@@ -76,7 +78,7 @@ TARGET_NORMS: Registry[Callable[[torch.Tensor, AlignConfig], torch.Tensor]] = Re
     "target normalisation"
 )
 TARGET_NORMS.register("none", lambda x, cfg: x.float())
-TARGET_NORMS.register("zscore", lambda x, cfg: zscore_tokens(x, gamma=cfg.zscore_gamma or 0.0))
+TARGET_NORMS.register("zscore", lambda x, cfg: zscore_tokens(x, gamma=cfg.zscore_gamma))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,11 +91,9 @@ def cosine_alignment(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred * target).sum(-1).mean(-1)  # (B,)
 
 
-# name -> per-sample loss (B,) from (projected, target); lower is better
-ALIGN_LOSSES: Registry[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = Registry(
-    "alignment loss"
-)
-ALIGN_LOSSES.register("cosine", lambda pred, target: -cosine_alignment(pred, target))
+def negative_cosine(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The ``cosine`` alignment loss (``ALIGN_LOSSES``): minus the mean cosine, per sample (B,)."""
+    return -cosine_alignment(pred, target)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,9 +188,7 @@ class Alignment(nn.Module):
         self, cfg: AlignConfig, sit_dim: int, target_dims: Sequence[int], grid: tuple[int, int]
     ) -> None:
         super().__init__()
-        if cfg.projector is None or cfg.kernel_size is None or cfg.loss is None:
-            raise ValueError("AlignConfig must be resolved (use it through a RunConfig)")
-        self.cfg = cfg
+        self.cfg = cfg.check_resolved()
         self.grid = grid
         self.projectors = nn.ModuleList(
             build_projector(
@@ -227,11 +225,12 @@ class Alignment(nn.Module):
 
 def projector_flops(cfg: AlignConfig, sit_dim: int, target_dim: int, tokens: int) -> float:
     """Forward FLOPs of one projector for one image (for MFU accounting)."""
+    cfg = cfg.check_resolved()
     if cfg.projector == "mlp":
         p = cfg.projector_dim
         macs = sit_dim * p + p * p + p * target_dim
     elif cfg.projector == "conv":
-        macs = sit_dim * target_dim * (cfg.kernel_size or 1) ** 2
+        macs = sit_dim * target_dim * cfg.kernel_size**2
     else:
         macs = sit_dim * target_dim
     return 2.0 * macs * tokens

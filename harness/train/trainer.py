@@ -244,7 +244,7 @@ class Trainer:
     def _build_model(self) -> None:
         from harness.models.sit import SiT
 
-        align = self.run.align
+        align = self.run.align.check_resolved()  # method defaults, never a fallback
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(self.run.seed, "init") % 2**31)
             sit = SiT.from_config(self.run.model)
@@ -254,7 +254,7 @@ class Trainer:
                 alignment = Alignment(align, sit.hidden, dims, self.grid)
         self.sit = sit.to(self.device)
         self.alignment = alignment.to(self.device) if alignment is not None else None
-        self.module = TrainModule(self.sit, self.alignment, align.encoder_depth or 0)
+        self.module = TrainModule(self.sit, self.alignment, align.encoder_depth)
         self.ema = copy.deepcopy(self.sit).requires_grad_(False).eval()
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         self.ema_params = list(self.ema.parameters())
@@ -453,7 +453,7 @@ class Trainer:
             proj, cos = self.alignment.loss(projected, targets)
         else:
             proj = cos = torch.zeros((), device=self.device)
-        loss = flow + (self.run.align.proj_coeff or 0.0) * proj
+        loss = flow + self.run.align.proj_coeff * proj
         self.scaler.scale(loss / n_micro).backward()
         return torch.stack([loss, flow, proj, cos]).detach() / n_micro
 
