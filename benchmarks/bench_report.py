@@ -4,7 +4,7 @@ Target (issue #7): the whole report (read, statistics with 2,000-resample bootst
 six figures as PNG + SVG, tables, Markdown, HTML) in < 30 s. The study: 27 encoders x
 {REPA, iREPA} x {SiT-B/2, L/2, XL/2} x 6 seeds, plus `none` baselines (990 runs), each with
 10 evaluations and 50 training-log rows. Setup, timed apart from the report: its artifacts are
-written by :mod:`harness.store.synthetic` and loaded by the real ``harness ingest``; 16 encoders
+written by ``tests/synthetic_study.py`` and loaded by the real ``harness ingest``; 16 encoders
 carry the names of iREPA's SiT-B/2 table, so the reproduction-gap figure has points. Reports
 wall and process-CPU time per phase (CPU time is what the code costs; wall time also shows
 other load on a shared machine). Prints a table and writes every number to
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -76,7 +77,9 @@ def main() -> None:
     from harness.report.published import reproduction_pairs
     from harness.report.render import write_report
     from harness.store.ingest import ingest
-    from harness.store.synthetic import (
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from synthetic_study import (
         FidModel,
         Runs,
         SyntheticStudy,

@@ -14,6 +14,7 @@ import argparse
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +22,9 @@ from pathlib import Path
 from harness.io import write_json
 from harness.store.db import open_readonly
 from harness.store.ingest import ingest
-from harness.store.synthetic import SyntheticStudy, write_study
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from synthetic_study import SyntheticStudy, write_study
 
 TARGETS = {"first ingest": 30.0, "SELECT * FROM v_study": 1.0}
 

@@ -17,13 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from synthetic_study import DATA, SyntheticStudy, protocol, write_study
 
 from harness.artifacts import write_result
 from harness.io import write_text
 from harness.paths import database_path, stage_dir
 from harness.store.db import ingest_lock, open_readonly
 from harness.store.ingest import ingest
-from harness.store.synthetic import DATA, SyntheticStudy, protocol, write_study
 
 pytestmark = pytest.mark.timeout(240)
 

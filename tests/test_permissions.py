@@ -15,11 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from synthetic_study import SyntheticStudy, write_study
 
 from harness.cli import main
 from harness.io import ENV_GROUP, append_jsonl, atomic_write, make_temp_dir, write_json
 from harness.paths import database_path
-from harness.store.synthetic import SyntheticStudy, write_study
 
 TINY = SyntheticStudy(n_encoders=1, methods=("repa",), eval_steps=(50,), per_image=2)
 MODES = {0o022: (0o644, 0o755), 0o002: (0o664, 0o775)}  # umask -> (file, directory)

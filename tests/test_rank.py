@@ -18,6 +18,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
+from synthetic_study import Runs, SyntheticStudy, write_catalogue, write_study
 
 from harness.cli import main
 from harness.config.encoders import load_catalogue
@@ -26,7 +27,6 @@ from harness.report import predict as P
 from harness.report.published import published_fids
 from harness.store.ingest import ingest
 from harness.store.published import PUBLISHED_CSV, read_published
-from harness.store.synthetic import Runs, SyntheticStudy, write_study
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS = ("lds", "cds", "srss", "rmsc", "lp_top1")
@@ -123,32 +123,6 @@ def test_published_points_are_one_table_per_facet() -> None:
 # ---------------------------------------------------------------------------------------------
 # the CLI on a synthetic study in the database
 # ---------------------------------------------------------------------------------------------
-ENTRY = (
-    "  - {{name: {name}, family: control, source: builtin, model_id: {model}, resolution: 64, "
-    "interpolation: bicubic, mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25], patch_size: 16, "
-    "embed_dim: {dim}, license: none{params}}}\n"
-)
-BUILTINS = [  # (model_id, embed_dim, params): cheap encoders of differing spatial structure
-    ("pixels", 768, ""),
-    ("noise", 768, ", params: {dim: 768}"),
-    ("hog", 36, ", params: {bins: 9, cells: 2}"),
-    ("pixels-blur", 768, ", params: {sigma: 8.0}"),
-    ("random-cnn", 64, ", params: {dim: 64}"),
-    ("pixels-blur", 768, ", params: {sigma: 2.0}"),
-]
-
-
-def write_catalogue(path: Path, n: int) -> Path:
-    """A catalogue of ``n`` cheap builtin encoders named enc-00, enc-01, ... (the synthetic
-    study's names), so their FIDs can come from a synthetic sweep and their metrics be measured."""
-    text = "encoders:\n"
-    for i in range(n):
-        model, dim, params = BUILTINS[i % len(BUILTINS)]
-        text += ENTRY.format(name=f"enc-{i:02d}", model=model, dim=dim, params=params)
-    path.write_text(text)
-    return path
-
-
 def test_cli_refuses_a_fit_across_two_protocols_with_exit_2(results_root: Path, tmp_path, capsys):
     other = {"num_samples": 128}  # the first three encoders were evaluated with more samples
     study = SyntheticStudy(

@@ -13,14 +13,13 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from test_rank import write_catalogue
+from synthetic_study import SyntheticStudy, write_catalogue, write_study
 
 from harness.artifacts import read_result
 from harness.cli import main
 from harness.io import read_jsonl
 from harness.paths import stage_dir
 from harness.store.ingest import ingest
-from harness.store.synthetic import SyntheticStudy, write_study
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -1,7 +1,7 @@
 """`harness report`: statistics on a synthetic study with a known answer, the protocol guard,
 the offline HTML, the figures' data tables, bad input, and the named SQL queries.
 
-Every database is built the real way: :mod:`harness.store.synthetic` writes the artifacts of a
+Every database is built the real way: ``synthetic_study`` (tests/) writes the artifacts of a
 finished sweep (plan, result.json files, train logs) and :func:`harness.store.ingest.ingest`
 loads them, so the report reads the store's own views."""
 
@@ -21,6 +21,15 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PathCollection
 from matplotlib.figure import Figure
+from synthetic_study import (
+    ENCODER_METRICS,
+    FidModel,
+    Manifest,
+    Runs,
+    SyntheticStudy,
+    published_fids,
+    write_study,
+)
 
 from harness.cli import main
 from harness.errors import HarnessError
@@ -41,15 +50,6 @@ from harness.report.published import reproduction_pairs
 from harness.report.schema import READ_CONTRACT
 from harness.store.ingest import ingest
 from harness.store.published import PUBLISHED_CSV, read_published
-from harness.store.synthetic import (
-    ENCODER_METRICS,
-    FidModel,
-    Manifest,
-    Runs,
-    SyntheticStudy,
-    published_fids,
-    write_study,
-)
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"n_boot": 100, "dpi": 50}

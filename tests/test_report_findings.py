@@ -1,6 +1,6 @@
 """`harness report`'s first section, noise floor and sample grids, on studies with a known answer.
 
-Each database is built the real way (synthetic artifacts from :mod:`harness.store.synthetic`,
+Each database is built the real way (synthetic artifacts from ``synthetic_study``,
 loaded by :func:`harness.store.ingest.ingest`); where a test needs exact generation metrics it
 rewrites the eval artifacts' ``result.json`` metrics before the ingest, and it writes sample
 shards where the eval stage writes them (``stages/eval/<key>/samples/*.npz``)."""
@@ -18,13 +18,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as sps
+from synthetic_study import FidModel, Manifest, SyntheticStudy, write_study
 
 from harness.report.build import build_report
 from harness.report.data import read_table
 from harness.report.options import ReportOptions
 from harness.report.schema import READ_CONTRACT
 from harness.store.ingest import ingest
-from harness.store.synthetic import FidModel, Manifest, SyntheticStudy, write_study
 
 FAST = {"n_boot": 200, "dpi": 50}
 Metrics = Callable[[dict[str, Any], int], dict[str, float]]  # (run labels, step) -> metrics

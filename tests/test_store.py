@@ -1,7 +1,7 @@
 """The DuckDB results store: ingest of every artifact kind, views, idempotence, rebuild, queries.
 
 Real DuckDB files under a temporary results root; artifacts written with
-``harness.artifacts.write_result`` (directly or through ``harness.store.synthetic``).
+``harness.artifacts.write_result`` (directly or through ``tests/synthetic_study.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 import duckdb
 import pytest
 from scipy import stats
+from synthetic_study import DATA, SyntheticStudy, protocol, write_study
 
 from harness.artifacts import write_result
 from harness.cli import main
@@ -27,7 +28,6 @@ from harness.store.db import latest_version, migrations, open_readonly
 from harness.store.ingest import ingest
 from harness.store.published import PUBLISHED_CSV
 from harness.store.query import run_query
-from harness.store.synthetic import DATA, SyntheticStudy, protocol, write_study
 
 V_STUDY_COLUMNS = [
     "sweep", "run_id", "encoder", "method", "model", "seed", "step", "train_status",
@@ -104,7 +104,7 @@ def test_every_stage_type_lands_in_v_study(results_root: Path) -> None:
             64,
             "sde",
             25,
-            "synthetic-vae",
+            "stabilityai/sd-vae-ft-mse",  # the sweep's train.vae: SD-VAE latents
         )
         assert row["extractor_substitute"] is True and row["isc"] == 2.0 and row["kid"] == 0.01
         if run["method"] == "none":
@@ -126,7 +126,7 @@ def test_encoder_metrics_join_only_the_same_dataset(results_root: Path) -> None:
         stage_dir(results_root, "spatial", "other-data"), stage="spatial", key="other-data",
         config=config,
         payload={"encoder": "enc-00", "dataset": other, "n_images": 10_000, "grid": [4, 4],
-                 "params": {}, "metrics": {m: {"mean": 0.99, "std": 0, "n": 1}
+                 "random_weights": False, "params": {}, "metrics": {m: {"mean": 0.99, "std": 0, "n": 1}
                                            for m in ("lds", "cds", "srss", "rmsc")}},
     )  # fmt: skip
     ingest(results_root)
@@ -149,7 +149,8 @@ def test_v_correlations_match_scipy_with_ties(results_root: Path) -> None:
         stage_dir(results_root, "spatial", "tie"), stage="spatial", key="tie",
         config={"encoder": "enc-01", "encoder_spec": {"name": "enc-01"}, "data": DATA},
         payload={"encoder": "enc-01", "dataset": DATA, "n_images": 100, "grid": [4, 4],
-                 "params": {}, "metrics": {m: {"mean": tied[m], "std": 0, "n": 100}
+                 "random_weights": False, "params": {},
+                 "metrics": {m: {"mean": tied[m], "std": 0, "n": 100}
                                            for m in ("lds", "cds", "srss", "rmsc")}},
     )  # fmt: skip
     for name in ("enc-01",):

@@ -20,6 +20,7 @@ Modules (import what you need; nothing heavy is imported here):
   ``tables/*.csv``, ``figures/``; :mod:`~harness.report.build` — ``build_report`` end to end;
 * :mod:`~harness.report.schema` — the columns the report reads (its contract with the store).
 
-Tests and benchmarks build their databases the way a study does: synthetic artifacts
-(:mod:`harness.store.synthetic`) loaded by the real :func:`harness.store.ingest.ingest`.
+Tests and benchmarks build their databases the way a study does: synthetic artifacts written
+through the real plan and artifact writers (``tests/synthetic_study.py``) and loaded by the
+real :func:`harness.store.ingest.ingest`.
 """
