@@ -429,7 +429,7 @@ class _Builder:
     def _fid_ref(self, planned: PlannedStage) -> _Artifact:
         import torch_fidelity
 
-        from harness.eval.reference import _KEY_FIELDS, REFERENCE_VERSION
+        from harness.eval.reference import REFERENCE_KEY, REFERENCE_VERSION
 
         cfg = typed(EvalConfig, planned.config["eval"])
         primary = _extractor(cfg.extractor)
@@ -456,7 +456,7 @@ class _Builder:
             "batch_size": cfg.batch_size,
             "torch_fidelity": torch_fidelity.__version__,
         }
-        meta["reference_key"] = content_hash({k: meta[k] for k in _KEY_FIELDS})
+        meta["reference_key"] = REFERENCE_KEY.key(meta)
         meta.update({"class_accuracy_real": None, "class_accuracy_set": None})
         meta["available"] = {"fid": True, "kid": True, "prc": True, "fd_dinov2": False}
         self.reference_key = meta["reference_key"]
@@ -725,7 +725,7 @@ def _write_train_log(out: Path, planned: PlannedStage, rows: list[tuple[int, lis
 
 def _record_failure(out: Path, started: float, error: str) -> None:
     """``state.json`` = failed, as the stage runner records a stage that raised."""
-    from harness.stages.runner import _record_failure as record
+    from harness.launch.runner import _record_failure as record
 
     try:
         raise RuntimeError(error)

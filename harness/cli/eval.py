@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.cli import NON_NEGATIVE_INT, POSITIVE_INT, Command, add_trust_checkpoint_argument
+from harness.cli.sections import add_common_options
 from harness.errors import ArtifactError, StageError
-from harness.eval.commands import add_common_options
 
 _STEP = re.compile(r"step_(\d+)\.pt$")
 
@@ -56,8 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from harness.cli.sections import load_sections
     from harness.config.eval import EvalConfig
-    from harness.eval.commands import load_sections
 
     overrides = list(args.overrides)
     if args.num_samples is not None:
@@ -126,7 +126,7 @@ def evaluate_and_record(
     evaluation already done under the same key (by this command or a sweep) is returned."""
     from harness.artifacts import is_done, read_result, write_result
     from harness.cli.fid_ref import compute_and_record
-    from harness.eval.commands import resolve_device
+    from harness.cli.sections import resolve_device
     from harness.eval.driver import evaluate_checkpoint
     from harness.paths import results_root, stage_dir
     from harness.stages import STAGES

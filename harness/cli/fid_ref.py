@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.cli import POSITIVE_INT, Command
-from harness.eval.commands import add_common_options
+from harness.cli.sections import add_common_options
 
 if TYPE_CHECKING:
     from harness.config.data import DataConfig
@@ -45,9 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from harness.cli.sections import load_sections
     from harness.config.data import DataConfig
     from harness.config.eval import EvalConfig
-    from harness.eval.commands import load_sections
 
     overrides = list(args.overrides)
     if args.npz:
@@ -77,7 +77,7 @@ def compute_and_record(
     Shared by ``harness fid-ref`` and ``harness eval`` (which needs a reference first).
     """
     from harness.artifacts import is_done, read_result, write_result
-    from harness.eval.commands import resolve_device
+    from harness.cli.sections import resolve_device
     from harness.eval.reference import compute_reference
     from harness.paths import results_root, stage_dir
     from harness.stages import STAGES, fid_ref

@@ -19,7 +19,7 @@ from harness.cli import (
     add_trust_checkpoint_argument,
     bounded,
 )
-from harness.eval.commands import add_common_options
+from harness.cli.sections import add_common_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,10 +75,10 @@ def run(args: argparse.Namespace) -> int:
             "give the encoder catalogue (ENCODERS.yaml), or --sit CKPT|RUN_DIR --block N"
         )
     from harness.artifacts import is_done, read_result, write_result
+    from harness.cli.sections import load_sections, resolve_device
     from harness.config.data import DataConfig
     from harness.config.encoders import load_catalogue
     from harness.config.eval import ProbeConfig
-    from harness.eval.commands import load_sections, resolve_device
     from harness.eval.probe import run_probe
     from harness.paths import results_root, stage_dir
     from harness.stages import STAGES, probe
@@ -125,9 +125,9 @@ def run(args: argparse.Namespace) -> int:
 def run_sit(args: argparse.Namespace) -> int:
     from harness.artifacts import write_result
     from harness.cli.eval import resolve_checkpoint
+    from harness.cli.sections import load_sections, resolve_device
     from harness.config.eval import ProbeConfig
     from harness.errors import ConfigError
-    from harness.eval.commands import load_sections, resolve_device
     from harness.eval.sit_probe import SIT_PROBE_KEY, run_sit_probe
     from harness.io import file_hash
     from harness.paths import results_root, stage_dir

@@ -27,6 +27,7 @@ from typing import Any
 from harness.artifacts import RESULT_FILE, RESULT_SCHEMA, STATUSES
 from harness.errors import ArtifactError, HarnessError
 from harness.io import content_hash, read_jsonl
+from harness.metrics import SPATIAL_METRICS
 from harness.store import published
 
 RESULT, STATE, TRAIN_LOG, PER_IMAGE = "result", "state", "train_log", "per_image"
@@ -42,7 +43,7 @@ STAGE_FILES = {
 PLAN_FILES = {"plan.json": PLAN, "jobs.jsonl": JOBS}
 PLAN_SCHEMA = 1
 PUBLISHED_PATH = "@published/" + published.PUBLISHED_CSV.name  # its `ingested.path`
-PER_IMAGE_FIELDS = ("lds", "cds", "srss", "rmsc")
+PER_IMAGE_FIELDS = SPATIAL_METRICS  # the per_image.csv columns
 
 
 @dataclass(frozen=True)
