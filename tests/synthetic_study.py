@@ -61,6 +61,7 @@ from harness.config.eval import EvalConfig, ProbeConfig
 from harness.config.metrics import SpatialConfig
 from harness.config.run import RunConfig
 from harness.config.sweep import SweepConfig, load_sweep
+from harness.encoders.weights import weights_provenance
 from harness.io import content_hash
 from harness.paths import stage_dir
 from harness.plan import Plan, PlannedStage, build_plan, save_plan
@@ -203,6 +204,7 @@ class SyntheticStudy:
     # encoder -> published_name (None: the papers do not have it); default Synthetic-<index>
     published_names: Mapping[str, str | None] = field(default_factory=dict)
     random_weights: tuple[str, ...] = ()  # encoders measured with random weights (recorded)
+    sweep_random_weights: bool = False  # the sweep's `random_weights` (every run and encoder)
     eval_metrics: tuple[str, ...] = EVAL_METRICS  # metrics every evaluation reports
     # (runs, protocol values): the selected runs' evaluations record these values of their
     # protocol (applied in order; only fields the real protocol has)
@@ -253,6 +255,7 @@ class SyntheticStudy:
             "models": list(self.models) or [f"SiT-T/{PATCH}"],  # none: dropped from the plan
             "seeds": list(self.seeds),
             "model": {"space": "latent"},
+            "random_weights": self.sweep_random_weights,
             "train": {
                 "steps": self.steps_target,
                 "log_every": self.log_every,
@@ -498,6 +501,7 @@ class _Builder:
         grid = list(config["grid"])
         random_weights = name in self.study.random_weights or config["random_weights"]
         spec = config["encoder_spec"]
+        weights_id = "random-init" if random_weights else f"builtin:{spec['model_id']}"
         payload = {
             "encoder": name,
             "dataset": self.fingerprints[cfg.split],
@@ -506,8 +510,9 @@ class _Builder:
             "grid": grid,
             "metrics": summary,
             "params": cfg.metric_params(grid[0] * grid[1]),
-            "weights_id": "random-init" if random_weights else f"builtin:{spec['model_id']}",
+            "weights_id": weights_id,
             "random_weights": random_weights,
+            **weights_provenance(weights_id, random_weights),
             "has_masks": True,
             "embed_dim": spec["embed_dim"],
             "num_params": 0,
@@ -524,6 +529,7 @@ class _Builder:
         cfg = typed(ProbeConfig, config["probe"])
         top1 = self.values[name]["lp_top1"]
         random_weights = name in self.study.random_weights or config["random_weights"]
+        weights_id = "random-init" if random_weights else f"synthetic:{name}:{content_hash(name)}"
         classes = DATA["num_classes"]
         payload = {
             "encoder": name,
@@ -543,11 +549,12 @@ class _Builder:
             "pooling": cfg.pooling,
             "features_key": content_hash(["features", name, config["grid"]]),
             "feature_dim": config["encoder_spec"]["embed_dim"],
-            "weights_id": "random-init" if random_weights else "synthetic",
+            "weights_id": weights_id,
             "dataset": dict(self.fingerprints),
             "protocol": {k: v for k, v in cfg.to_dict().items() if k != "extract_batch_size"},
             "token_grid": list(config["grid"]),
             "random_weights": random_weights,
+            **weights_provenance(weights_id, random_weights),
         }
         return _Artifact(planned, payload)
 

@@ -276,3 +276,26 @@ def test_cli_check_runs_offline(tmp_path: Path) -> None:
     row = next(line for line in out.stdout.splitlines() if "efficientnet-lite0" in line)
     assert "8x8" in row and "112" in row and "ok" in row, out.stdout
     assert "file:efficientnet-lite0-57934424.pth:57934424" in row, out.stdout  # the package file
+
+
+def test_spatial_and_probe_rows_name_the_weights_file_by_its_sha256(tmp_path: Path) -> None:
+    """Weight provenance of a real-weights measurement: the file's sha256 (first 16 hex) is in
+    the spatial payload (and so in its store row and params_key); random weights have none."""
+    from harness.config.data import DataConfig
+    from harness.config.metrics import SpatialConfig
+    from harness.encoders.weights import weights_provenance
+    from harness.metrics.measure import measure_encoder
+
+    spec = CATALOGUE.get("efficientnet-lite0")
+    sha = hashlib.sha256(weights_file(spec).read_bytes()).hexdigest()[:16]
+    data = DataConfig(resolution=32, val_images=4, num_classes=4)
+    cfg = SpatialConfig(images=4, batch_size=4, num_workers=0)
+    real = measure_encoder(spec, data, cfg, tmp_path / "real", grid=(2, 2))
+    assert real["weights_sha256"] == sha and real["random_weights"] is False
+    assert real["weights_id"].endswith(sha) and real["weights_revision"] is None
+    random = measure_encoder(spec, data, cfg, tmp_path / "random", grid=(2, 2), random_weights=True)
+    assert random["weights_sha256"] is None and random["random_weights"] is True
+    assert weights_provenance("hf:org/repo@0123456789ab", False) == {
+        "weights_revision": "0123456789ab",
+        "weights_sha256": None,
+    }

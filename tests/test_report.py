@@ -566,6 +566,12 @@ def test_reproduction_pairs_match_on_every_setting(tmp_path: Path) -> None:
     guided = {"cfg_scale": 1.5}  # the papers give no SiT-B/2 gFID at this guidance scale
     _study(tmp_path / "b", published_names=names, protocols=((Runs(), guided),), **knobs)
     assert _context(tmp_path / "b").reproduction.empty
+    # the same runs with random weights (encoders and VAE): never paired with the papers
+    _study(tmp_path / "c", published_names=names, sweep_random_weights=True, **knobs)
+    random = _context(tmp_path / "c")
+    assert random.reproduction.empty and len(random.study.curves) == len(
+        _context(tmp_path / "a").study.curves
+    )
 
 
 # ----------------------------------------------------------------------------- pieces

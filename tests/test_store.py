@@ -36,6 +36,7 @@ V_STUDY_COLUMNS = [
     "guidance_high", "vae", "reference_key", "extractor", "extractor_substitute", "protocol_key",
     "lp_top1", "lp_top5", "lds", "cds", "srss", "rmsc", "published_name",
     "grid", "random_weights", "sampler_precision", "to_uint8", "class_balanced",
+    "encoder_weights_id", "encoder_weights_revision", "encoder_weights_sha256",
 ]  # fmt: skip
 SMALL = SyntheticStudy(n_encoders=3, eval_steps=(50, 100), per_image=6)
 

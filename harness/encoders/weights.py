@@ -284,3 +284,28 @@ def hf_commit(path: Path) -> str | None:
         if i + 1 < len(parts):
             return parts[i + 1][:12]
     return None
+
+
+_DIGEST_SUFFIX = re.compile(r":([0-9a-f]{16})$")
+
+
+def weights_provenance(weights_id: str, random_weights: bool) -> dict[str, str | None]:
+    """The provenance columns of an encoder measurement, from the weights identity its source
+    wrote (``<source>:<what>[@<revision>][:<sha256[:16]>]``, e.g. ``timm:<name>@<commit>:<sha>``,
+    ``file:model.pth:<sha>``, ``hf:org/repo@<commit>``, ``inhouse:<objective>:<content key>``;
+    ``random-init...`` and ``builtin:...`` have neither).
+
+    Returns:
+        ``{"weights_revision", "weights_sha256"}``: the revision / commit the weights came from,
+        and the first 16 hex digits of the weights file's sha256 (in-house encoders: their
+        content key); None where there is none (random weights, builtin controls).
+    """
+    if random_weights or weights_id.startswith(("random-init", "builtin:")):
+        return {"weights_revision": None, "weights_sha256": None}
+    digest = _DIGEST_SUFFIX.search(weights_id)
+    head = weights_id[: digest.start()] if digest else weights_id
+    _, _, what = head.partition(":")
+    return {
+        "weights_revision": what.rpartition("@")[2] if "@" in what else None,
+        "weights_sha256": digest.group(1) if digest else None,
+    }

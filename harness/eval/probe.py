@@ -24,6 +24,7 @@ import numpy as np
 
 from harness.config.data import DataConfig
 from harness.config.eval import ProbeConfig
+from harness.encoders.weights import weights_provenance
 from harness.errors import DataError
 from harness.io import atomic_write
 from harness.keys import KeyFields
@@ -373,6 +374,7 @@ def run_probe(
         **result,
         "token_grid": list(token_grid),
         "random_weights": random_weights,
+        **weights_provenance(result["weights_id"], random_weights),
     }
 
 

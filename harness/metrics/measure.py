@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from harness.config.data import DataConfig
 from harness.config.encoders import EncoderSpec
 from harness.config.metrics import SpatialConfig
+from harness.encoders.weights import weights_provenance
 from harness.errors import DataError
 from harness.io import atomic_write, write_text
 from harness.logs import event, get_logger
@@ -133,6 +134,7 @@ def measure_encoder(
         "params": params,
         "weights_id": encoder.weights_id,
         "random_weights": bool(random_weights),
+        **weights_provenance(encoder.weights_id, random_weights),
         "has_masks": bool(ds.has_masks),
         "embed_dim": encoder.embed_dim,
         "num_params": encoder.num_params,

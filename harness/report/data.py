@@ -470,8 +470,20 @@ def _eval_rows(con: duckdb.DuckDBPyConnection, evals: pd.DataFrame) -> pd.DataFr
 
 
 def _curves(evals: pd.DataFrame) -> pd.DataFrame:
-    keys = ["sweep", "model", "method", "protocol", "fid_label", "encoder", "step"]
-    grouped = evals.assign(encoder=evals.encoder.fillna(BASELINE)).groupby(keys)
+    keys = [
+        "sweep",
+        "model",
+        "method",
+        "protocol",
+        "fid_label",
+        "encoder",
+        "random_weights",
+        "step",
+    ]
+    random = evals.random_weights.astype("boolean").fillna(False).astype(bool)
+    grouped = evals.assign(encoder=evals.encoder.fillna(BASELINE), random_weights=random).groupby(
+        keys
+    )
     return grouped.agg(fid=("fid", "mean"), n_seeds=("run_id", "nunique")).reset_index()
 
 

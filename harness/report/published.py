@@ -63,12 +63,14 @@ def published_fids(published: pd.DataFrame) -> pd.DataFrame:
 
 
 def reproduction_pairs(study: Study) -> pd.DataFrame:
-    """Our FIDs (every eval step) joined with the published ones at matching settings."""
+    """Our FIDs (every eval step) joined with the published ones at matching settings; runs with
+    random weights (encoder or VAE) are never paired with a published number."""
     fids = published_fids(study.published)
-    if fids.empty or study.curves.empty:
+    curves = study.curves[~study.curves.random_weights] if len(study.curves) else study.curves
+    if fids.empty or curves.empty:
         return pd.DataFrame()
     names = study.points[["encoder", "published_name"]].drop_duplicates("encoder")
-    ours = study.curves.merge(names, on="encoder", how="left")
+    ours = curves.merge(names, on="encoder", how="left")
     ours = ours.merge(
         study.protocols[["protocol", "cfg_scale", "num_samples", "extractor"]], on="protocol"
     )

@@ -42,6 +42,7 @@ READ_CONTRACT: dict[str, tuple[tuple[str, str], ...]] = {
         ("srss", "DOUBLE"),
         ("rmsc", "DOUBLE"),
         ("published_name", "VARCHAR"),
+        ("random_weights", "BOOLEAN"),  # the run's encoders / VAE were random-init
     ),
     "train_log": (
         ("run_id", "VARCHAR"),

@@ -94,9 +94,10 @@ SOURCE_TABLES: dict[str, tuple[tuple[str, str | None], ...]] = {
     sources.PREDICTIONS: (("predictions", "fit_id"), ("prediction_cv", "fit_id")),
 }
 READ_THREADS = 8  # parallel file reads (latency-bound on network filesystems)
-# a database of a schema older than this is rebuilt from the files: migration 005 changed the
-# params_key of spatial and probe rows (token grid, weights), which only re-parsing gives
-REPARSED_AT = 5
+# a database of a schema older than this is rebuilt from the files: migrations 005 and 006
+# changed the params_key of spatial and probe rows (token grid, weights), which only re-parsing
+# gives
+REPARSED_AT = 6
 
 
 @dataclass

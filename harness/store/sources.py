@@ -152,7 +152,10 @@ def variant_key(stage: str, payload: dict[str, Any]) -> str:
     """
     if stage == "eval":
         return content_hash(payload.get("protocol"))
-    weights = {k: payload.get(k) for k in ("random_weights", "weights_id")}
+    weights = {
+        k: payload.get(k)
+        for k in ("random_weights", "weights_id", "weights_revision", "weights_sha256")
+    }
     if stage == "spatial":
         fields = ("grid", "n_images", "split", "dtype", "params")
         return content_hash({**{k: payload.get(k) for k in fields}, **weights})
