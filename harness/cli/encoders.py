@@ -124,7 +124,41 @@ def _list(catalogue, args: argparse.Namespace) -> int:
     return 0
 
 
+def _offline_missing(specs: list, random_weights: bool) -> tuple[list, list]:
+    """Offline, the entries whose weights are certainly not cached, found without importing
+    torch or a model library (an offline check answers in seconds): (missing, the rest)."""
+    from harness.encoders import MissingWeights
+    from harness.encoders.network import offline_reason
+    from harness.encoders.weights import locate_cached
+
+    if random_weights or offline_reason() is None:
+        return [], specs
+    missing, rest = [], []
+    for spec in specs:
+        try:
+            locate_cached(spec)
+        except MissingWeights as exc:
+            missing.append(exc)
+            continue
+        rest.append(spec)
+    return missing, rest
+
+
 def _check(catalogue, args: argparse.Namespace) -> int:
+    specs = catalogue.select(args.names)
+    missing, specs = _offline_missing(specs, args.random_weights)
+    title = (
+        f"encoder check: grid {args.grid}x{args.grid}, batch {args.batch}, "
+        f"{args.device}, {args.dtype}"
+    )
+    columns = ("name", "grid", "dim", "params", "images/s", "weights", "status")
+    if not specs:  # nothing to build: said without importing torch
+        table = _table(title, columns, fold="weights")
+        for exc in missing:
+            table.add_row(exc.encoder, "", "", "", "", "", "no weights (see below)")
+        _console().print(table)
+        _report_missing(missing)
+        return 2
     import torch
 
     from harness.config.data import DataConfig
@@ -132,17 +166,12 @@ def _check(catalogue, args: argparse.Namespace) -> int:
     from harness.encoders import MissingWeights, create_encoder
     from harness.metrics.measure import DTYPES
 
-    specs = catalogue.select(args.names)
     data = DataConfig(resolution=max(16, 16 * args.grid), val_images=args.batch)
     images = build_dataset(data, "val").get_batch(list(range(args.batch)))["image"]
-    table = _table(
-        f"encoder check: grid {args.grid}x{args.grid}, batch {args.batch}, "
-        f"{args.device}, {args.dtype}",
-        ("name", "grid", "dim", "params", "images/s", "weights", "status"),
-        fold="weights",
-    )
-    failed = 0
-    missing: list[MissingWeights] = []
+    table = _table(title, columns, fold="weights")
+    for exc in missing:
+        table.add_row(exc.encoder, "", "", "", "", "", "no weights (see below)")
+    failed = len(missing)
     notes: list[str] = []  # errors, below the table (numbered in the status column)
     for spec in specs:
         try:
@@ -211,8 +240,8 @@ def _fetch(catalogue, args: argparse.Namespace) -> int:
     if not args.all and not args.names:
         raise HarnessError("name the encoders to fetch, or pass --all")
     specs = catalogue.encoders if args.all else catalogue.select(args.names)
-    failed = 0
-    missing: list[MissingWeights] = []
+    missing, specs = _offline_missing(specs, random_weights=False)
+    failed = len(missing)
     for spec in specs:
         try:
             print(f"{spec.name}: {fetch_weights(spec)}", flush=True)

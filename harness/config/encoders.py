@@ -95,6 +95,10 @@ def split_package_ref(checkpoint: str) -> tuple[str, str]:
     return name, rel
 
 
+# entry fields that do not change what an encoder computes: left out of every content key
+UNKEYED_SPEC_FIELDS = ("notes", "license", "hf_repo")
+
+
 class EncoderSpec(Config):
     """One catalogue entry. Fields not used by a source must stay at their defaults."""
 
@@ -108,6 +112,8 @@ class EncoderSpec(Config):
     # ... or package:<import_name>/<path> inside an installed package (params.package_dist)
     url: str | None = None  # where `harness encoders fetch` downloads `checkpoint` from
     hub_repo: str | None = None  # torch_hub: "owner/repo" on GitHub or a local hubconf dir
+    hf_repo: str | None = None  # timm: the HF repo timm's pretrained config names (checked by the
+    #   tests), so the offline / pre-submit checks find the weights without importing timm
     arch: str | None = None  # timm architecture that torch_hub/checkpoint weights load into
     resolution: int = Field(ge=1)  # input side fed for 256-px images (gives the native grid)
     interpolation: Literal["bicubic", "bilinear", "nearest", "area"] = "bicubic"  # resize mode
@@ -185,6 +191,11 @@ class EncoderSpec(Config):
             self._check_package_ref(where)
         if "map_by_order" in self.params:
             self._check_map_by_order(where)
+        if self.hf_repo is not None and (self.source != "timm" or self.pretrained is None):
+            raise ValueError(
+                f"{where}: 'hf_repo' names the HF repo of a timm pretrained tag; it needs "
+                "source 'timm' and 'pretrained'"
+            )
         if self.source in ("builtin", "checkpoint", "torch_hub", "transformers") and (
             self.pretrained is not None
         ):

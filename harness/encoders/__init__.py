@@ -19,13 +19,28 @@ the same per-source resolution (:mod:`harness.encoders.weights`): ``locate`` nev
 
 from __future__ import annotations
 
-from typing import Protocol
-
-import torch
+from typing import TYPE_CHECKING, Any, Protocol
 
 from harness.config.encoders import SOURCES, EncoderSpec
-from harness.encoders.base import Backbone, BuildRequest, Encoder, EncoderError, EncoderOutput
 from harness.encoders.weights import MissingWeights
+
+if TYPE_CHECKING:
+    import torch
+
+    from harness.encoders.base import Backbone, BuildRequest, Encoder
+
+# torch-free at import (the offline and pre-submit checks locate weights without torch): the
+# model classes come from harness.encoders.base on first use
+_FROM_BASE = ("Backbone", "BuildRequest", "Encoder", "EncoderError", "EncoderOutput")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_BASE:
+        from harness.encoders import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "SOURCES",
@@ -57,7 +72,7 @@ def create_encoder(
     *,
     grid: int | tuple[int, int] = (16, 16),
     device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     random_weights: bool = False,
 ) -> Encoder:
     """Build the encoder of a catalogue entry, in eval mode, for a token grid.
@@ -67,13 +82,17 @@ def create_encoder(
         grid: token grid (h, w) (or a side) the caller needs; the input is resized to
             grid * patch_size and position embeddings are interpolated to it.
         device: where the model lives.
-        dtype: compute dtype; not float32 means autocast (bf16 is the GPU choice).
+        dtype: compute dtype (default float32); not float32 means autocast (bf16 on GPUs).
         random_weights: the same architecture with seeded random init and no file access.
 
     Raises:
         WeightsError: the weights are not in the offline caches (says how to fetch them).
         EncoderError: the entry contradicts the model (prefix tokens, width, bad params).
     """
+    import torch
+
+    from harness.encoders.base import BuildRequest, Encoder, EncoderError
+
     hw = (grid, grid) if isinstance(grid, int) else (int(grid[0]), int(grid[1]))
     if min(hw) < 1:
         raise EncoderError(f"encoder {spec.name!r}: grid {hw} must be positive")
@@ -85,7 +104,7 @@ def create_encoder(
     )
     backbone = SOURCES.get(spec.source).build(spec, request)
     backbone.requires_grad_(False)
-    encoder = Encoder(spec, backbone, request, dtype).to(request.device)
+    encoder = Encoder(spec, backbone, request, dtype or torch.float32).to(request.device)
     return encoder.eval()
 
 

@@ -28,7 +28,7 @@ from harness.encoders.base import (
     num_prefix_check,
     seeded_init,
 )
-from harness.encoders.weights import hf_commit, hf_file, url_file, weights_digest
+from harness.encoders.weights import TIMM_HUB_FILES, hf_commit, hf_file, url_file, weights_digest
 from harness.errors import WeightsError
 
 
@@ -122,9 +122,15 @@ def resolve_weights(spec: EncoderSpec, *, download: bool | None = None) -> tuple
             f"encoder {spec.name!r}: timm has no pretrained config {name!r}",
             hint="list the tags with timm.list_pretrained('<arch>*')",
         )
+    if spec.hf_repo and spec.hf_repo != cfg.hf_hub_id:
+        raise EncoderError(
+            f"encoder {spec.name!r}: hf_repo {spec.hf_repo!r} is not where timm's {name!r} "
+            f"weights are ({cfg.hf_hub_id or cfg.url})",
+            hint=f"set hf_repo: {cfg.hf_hub_id}" if cfg.hf_hub_id else "remove hf_repo",
+        )
     if cfg.hf_hub_id:
         files = [cfg.hf_hub_filename] if cfg.hf_hub_filename else []
-        files += ["model.safetensors", "pytorch_model.bin"]
+        files += TIMM_HUB_FILES
         path = hf_file(
             cfg.hf_hub_id, list(dict.fromkeys(files)), spec.revision, spec.name, download=download
         )

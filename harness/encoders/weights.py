@@ -19,7 +19,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from harness.config.encoders import split_package_ref
+from harness.config.encoders import EncoderSpec, split_package_ref
 from harness.encoders.network import forced_offline, hub_url, note_failure, offline_reason
 from harness.errors import WeightsError
 from harness.io import file_hash
@@ -309,3 +309,33 @@ def weights_provenance(weights_id: str, random_weights: bool) -> dict[str, str |
         "weights_revision": what.rpartition("@")[2] if "@" in what else None,
         "weights_sha256": digest.group(1) if digest else None,
     }
+
+
+TIMM_HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm reads from its HF repos
+
+
+def locate_cached(spec: EncoderSpec) -> str | None:
+    """Where an entry's weights are in the local caches, decided without importing torch or the
+    model library; None when only the source's own module can tell (then ask
+    :func:`harness.encoders.locate_weights`). Never downloads.
+
+    Raises:
+        MissingWeights: the weights are not in the cache (the reason, when downloads are
+            impossible here, says so: no network or offline mode).
+    """
+    if spec.source == "builtin":
+        return "builtin (no weights)"
+    if spec.source == "timm" and spec.pretrained is None:
+        return "random-init (by design)"
+    if spec.source == "timm" and spec.hf_repo:
+        try:
+            return str(
+                hf_file(
+                    spec.hf_repo, list(TIMM_HUB_FILES), spec.revision, spec.name, download=False
+                )
+            )
+        except MissingWeights as exc:
+            raise MissingWeights(
+                exc.encoder, exc.what, exc.looked_in, reason=offline_reason()
+            ) from None
+    return None

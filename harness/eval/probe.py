@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from harness.config.data import DataConfig
+from harness.config.encoders import UNKEYED_SPEC_FIELDS
 from harness.config.eval import ProbeConfig
 from harness.encoders.weights import weights_provenance
 from harness.errors import DataError
@@ -41,7 +42,7 @@ FEATURES_KEY = KeyFields(  # pooled features: who pools (encoder or SiT block), 
     "features",
     FEATURES_VERSION,
     fields=("source", "pooling", "dtype", "datasets"),
-    exclude=("source.encoder.notes", "source.encoder.license"),
+    exclude=tuple(f"source.encoder.{name}" for name in UNKEYED_SPEC_FIELDS),
 )
 _EVAL_CHUNK = 65_536  # rows per forward pass when scoring heads
 

@@ -147,6 +147,7 @@ def _encoder_problems(stages: list[PlannedStage]) -> list[HarnessError]:
     """Each encoder whose stages will load real weights, looked up once in the local caches."""
     from harness.config.encoders import EncoderSpec
     from harness.encoders import locate_weights
+    from harness.encoders.weights import locate_cached
     from harness.stages import typed
 
     problems: list[HarnessError] = []
@@ -160,7 +161,9 @@ def _encoder_problems(stages: list[PlannedStage]) -> list[HarnessError]:
             continue
         seen.add(spec["name"])
         try:
-            locate_weights(typed(EncoderSpec, spec))
+            entry = typed(EncoderSpec, spec)
+            if locate_cached(entry) is None:  # only the source's module can tell
+                locate_weights(entry)
         except HarnessError as exc:
             problems.append(exc)
     return problems

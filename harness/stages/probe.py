@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.config.data import DataConfig, resolved_data
-from harness.config.encoders import EncoderSpec
+from harness.config.encoders import UNKEYED_SPEC_FIELDS, EncoderSpec
 from harness.config.eval import ProbeConfig
 from harness.stages import Stage, StageContext, StageOutcome, register, typed
 
@@ -54,7 +54,10 @@ STAGE = register(
         version=1,
         run=run,
         key_fields=("encoder_spec", "data", "probe", "grid", "random_weights"),
-        key_exclude=("encoder_spec.notes", "encoder_spec.license", "probe.extract_batch_size"),
+        key_exclude=(
+            *(f"encoder_spec.{name}" for name in UNKEYED_SPEC_FIELDS),
+            "probe.extract_batch_size",
+        ),
         description="encoder linear probe (top-1 / top-5)",
     )
 )

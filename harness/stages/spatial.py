@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.config.data import DataConfig, resolved_data
-from harness.config.encoders import EncoderSpec
+from harness.config.encoders import UNKEYED_SPEC_FIELDS, EncoderSpec
 from harness.config.metrics import SpatialConfig
 from harness.stages import Stage, StageContext, StageOutcome, register, typed
 
@@ -55,8 +55,7 @@ STAGE = register(
         run=run,
         key_fields=("encoder_spec", "data", "spatial", "grid", "random_weights"),
         key_exclude=(
-            "encoder_spec.notes",
-            "encoder_spec.license",
+            *(f"encoder_spec.{name}" for name in UNKEYED_SPEC_FIELDS),
             "spatial.grid",  # the plan's choice of grid, resolved into "grid"
             "spatial.batch_size",
             "spatial.num_workers",

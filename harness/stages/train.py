@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.config.encoders import EncoderSpec
+from harness.config.encoders import UNKEYED_SPEC_FIELDS, EncoderSpec
 from harness.config.run import OPERATIONAL_TRAIN_FIELDS, RunConfig, run_id
 from harness.io import file_hash
 from harness.stages import Stage, StageContext, StageOutcome, register, typed
@@ -62,8 +62,7 @@ STAGE = register(
         key_fields=("run", "encoder_spec", "encoder_specs", "latent_stats_sha256"),
         key_exclude=(
             *(f"run.train.{name}" for name in OPERATIONAL_TRAIN_FIELDS),
-            "encoder_spec.notes",
-            "encoder_spec.license",
+            *(f"encoder_spec.{name}" for name in UNKEYED_SPEC_FIELDS),
         ),
         cooperative_stop=True,
         description="SiT training (REPA / iREPA / none), resumable from its checkpoints",
