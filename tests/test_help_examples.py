@@ -143,6 +143,9 @@ CASES: dict[str, Case] = {
     "harness metrics encoders.yaml --encoders pixels,noise,hog --images 500 --random-weights": (
         Case(append=("--images", "16", "--data-resolution", "32"))
     ),
+    "harness metrics encoders.yaml --encoders pixels-p4,hog --sweep sweeps/cpu-study-full.yaml": (
+        AS_WRITTEN
+    ),
     "harness metrics encoders.yaml --encoders 'dinov2*' --data-resolution 256 --device cuda "
     "--dtype bfloat16": Case(
         replace={"'dinov2*'": "dinov2-vit-b"},

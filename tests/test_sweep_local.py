@@ -250,3 +250,38 @@ def test_commands_reuse_the_sweeps_results_under_the_same_keys(finished, tmp_pat
     assert harness(finished, "train", str(run_yaml), "--catalogue", CATALOGUE) == 0
     assert str(stage_dir(finished, "train", train["key"])) in capsys.readouterr().out
     assert read_result(stage_dir(finished, "train", train["key"]))["payload"]["steps_done"] == 4
+
+
+def test_a_sweep_reuses_what_the_commands_computed(tmp_path, capsys):
+    """`harness train / eval / metrics / probe` first, then the sweep with the same settings:
+    it finds those stages done and submits only the rest (the baseline's train and eval)."""
+    import yaml
+
+    root = tmp_path / "results"
+    text = Path(TINY).read_text().replace("name: tiny", "name: cli-first")
+    text = text.replace("encoders: [pixels, noise]", "encoders: [pixels]")
+    text = text.replace("methods: [repa, irepa]", "methods: [repa]")
+    sweep_file = tmp_path / "cli-first.yaml"
+    sweep_file.write_text(text)
+    plan = build_plan(load_catalogue(CATALOGUE), load_sweep(sweep_file))
+    (train,) = [s for s in plan.stages if s.stage == "train" and s.labels["method"] == "repa"]
+    run_yaml = tmp_path / "run.yaml"
+    run_yaml.write_text(yaml.safe_dump(train.config["run"]))
+
+    assert harness(root, "train", str(run_yaml), "--catalogue", CATALOGUE) == 0
+    train_dir = stage_dir(root, "train", train.key)
+    assert harness(root, "eval", str(train_dir), "--config", str(sweep_file), "--step", "4") == 0
+    assert (
+        harness(root, "metrics", CATALOGUE, "--encoders", "pixels", "--sweep", str(sweep_file)) == 0
+    )
+    grid = "8"  # SiT-T/4 on 32-px images
+    probe = ["--encoders", "pixels", "--sweep", str(sweep_file), "--grid", grid, "--random-weights"]
+    assert harness(root, "probe", CATALOGUE, *probe) == 0
+    capsys.readouterr()
+
+    assert harness(root, "sweep", CATALOGUE, "--sweep", str(sweep_file), "--executor", "debug") == 0
+    submitted = {row["key"] for row in job_rows(root, "cli-first")}
+    baseline = {s.key for s in plan.stages if s.labels.get("method") == "none"}
+    assert submitted == baseline  # none/train + none/eval; everything else was found done
+    for stage in plan.stages:
+        assert read_result(stage_dir(root, stage.stage, stage.key))["status"] == "done", stage.label

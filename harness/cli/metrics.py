@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 from harness.cli import NON_NEGATIVE_INT, POSITIVE_INT, Command
 from harness.errors import HarnessError
@@ -40,7 +41,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-resolution",
         type=POSITIVE_INT,
-        default=DEFAULT_RESOLUTION,
         metavar="PX",
         help=f"image side (default {DEFAULT_RESOLUTION}; the CPU study: 32)",
     )
@@ -53,7 +53,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--images",
         type=POSITIVE_INT,
-        default=DEFAULT_IMAGES,
         help=f"images per encoder (default {DEFAULT_IMAGES}; the CPU study: 500)",
     )
     parser.add_argument(
@@ -74,6 +73,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="random init, no weights (default: the encoders' real weights)",
     )
+    parser.add_argument(
+        "--sweep",
+        metavar="YAML",
+        help="measure as this sweep's spatial stages do (its data, images, grid and weights): "
+        "the sweep then finds these results done",
+    )
     parser.add_argument("--out", metavar="DIR", help="results root (default --results)")
     parser.add_argument("--force", action="store_true", help="recompute finished measurements")
 
@@ -85,40 +90,21 @@ def run(args: argparse.Namespace) -> int:
     from harness.config.metrics import SpatialConfig
     from harness.metrics.measure import measure_encoder
     from harness.paths import results_root, stage_dir
-    from harness.stages import STAGES, spatial
+    from harness.stages import STAGES, typed
 
     catalogue = load_catalogue(args.catalogue)
     specs = catalogue.select([p.strip() for p in args.encoders.split(",") if p.strip()])
-    if args.data_root:
-        data = DataConfig(
-            source="folder",
-            root=args.data_root,
-            mask_root=args.mask_root,
-            resolution=args.data_resolution,
-            val_images=args.images,
-        )
-    else:
-        data = DataConfig(resolution=args.data_resolution, val_images=args.images)
-    side = args.grid or max(1, args.data_resolution // 16)
-    try:
-        cfg = SpatialConfig(
-            images=args.images,
-            batch_size=args.batch_size,
-            grid=side,
-            dtype=args.dtype,
-            num_workers=args.workers,
-        )
-    except ValueError as exc:
-        raise HarnessError(f"invalid metric settings: {exc}") from None
+    instances = _sweep_instances(catalogue, specs, args) if args.sweep else _instances(specs, args)
     root = results_root(args.out)
     stage = STAGES.get("spatial")
-    weights = "random weights" if args.random_weights else "real weights"
-    setting = f"{data.resolution} px, grid {side}x{side}, {weights}"
     failed = 0
-    for spec in specs:
-        config = spatial.instance(spec, data, cfg, (side, side), args.random_weights)
+    for spec, config in instances:
         key = stage.key(config)  # the key a sweep gives the same measurement
         out_dir = stage_dir(root, "spatial", key)
+        data, cfg = typed(DataConfig, config["data"]), typed(SpatialConfig, config["spatial"])
+        grid, random_weights = tuple(config["grid"]), config["random_weights"]
+        weights = "random weights" if random_weights else "real weights"
+        setting = f"{data.resolution} px, grid {grid[0]}x{grid[1]}, {weights}"
         if is_done(out_dir) and not args.force:
             print(f"{spec.name}: already measured ({setting}) in {out_dir} (--force to redo)")
             continue
@@ -129,9 +115,9 @@ def run(args: argparse.Namespace) -> int:
                 data,
                 cfg,
                 out_dir,
-                grid=(side, side),
+                grid=grid,
                 device=args.device,
-                random_weights=args.random_weights,
+                random_weights=random_weights,
             )
         except HarnessError as exc:
             failed += 1
@@ -148,11 +134,83 @@ def run(args: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
+def _instances(specs: list, args: argparse.Namespace) -> list[tuple[Any, dict[str, Any]]]:
+    """(entry, spatial stage config) per encoder, from the command's options."""
+    from harness.config.data import DataConfig
+    from harness.config.metrics import SpatialConfig
+    from harness.stages import spatial
+
+    resolution = args.data_resolution or DEFAULT_RESOLUTION
+    images = args.images or DEFAULT_IMAGES
+    if args.data_root:
+        data = DataConfig(
+            source="folder",
+            root=args.data_root,
+            mask_root=args.mask_root,
+            resolution=resolution,
+            val_images=images,
+        )
+    else:
+        data = DataConfig(resolution=resolution, val_images=images)
+    side = args.grid or max(1, resolution // 16)
+    try:
+        cfg = SpatialConfig(
+            images=images,
+            batch_size=args.batch_size,
+            grid=side,
+            dtype=args.dtype,
+            num_workers=args.workers,
+        )
+    except ValueError as exc:
+        raise HarnessError(f"invalid metric settings: {exc}") from None
+    return [
+        (spec, spatial.instance(spec, data, cfg, (side, side), args.random_weights))
+        for spec in specs
+    ]
+
+
+def _sweep_instances(
+    catalogue: Any, specs: list, args: argparse.Namespace
+) -> list[tuple[Any, dict[str, Any]]]:
+    """The sweep's own spatial stage instances of these encoders (its data, settings, grids
+    and weights): measured here, they are the results the sweep finds done."""
+    from harness.config.sweep import load_sweep
+    from harness.errors import ConfigError
+    from harness.plan import build_plan
+
+    given = [
+        f
+        for f in ("data_resolution", "data_root", "mask_root", "images", "grid")
+        if getattr(args, f)
+    ]
+    if given or args.random_weights:
+        flags = [f"--{f.replace('_', '-')}" for f in given] + [
+            "--random-weights"
+        ] * args.random_weights
+        raise ConfigError(
+            f"--sweep {args.sweep}: the sweep sets the data, images, grid and weights; "
+            f"drop {', '.join(flags)}",
+            hint="or drop --sweep to measure with the command's own settings",
+        )
+    plan = build_plan(catalogue, load_sweep(args.sweep))
+    names = {spec.name for spec in specs}
+    found = [(s.config["encoder"], s.config) for s in plan.stages if s.stage == "spatial"]
+    outside = sorted(names - {name for name, _ in found})
+    if outside:
+        raise ConfigError(
+            f"--sweep {args.sweep}: {', '.join(outside)} not among the sweep's encoders",
+            hint=f"the sweep measures: {', '.join(dict.fromkeys(n for n, _ in found))}",
+        )
+    by_name = {spec.name: spec for spec in specs}
+    return [(by_name[name], config) for name, config in found if name in names]
+
+
 COMMAND = Command(
     name="metrics",
     help="measure encoders' spatial structure (LDS, CDS, SRSS, RMSC) on a dataset",
     examples="""
         harness metrics encoders.yaml --encoders pixels,noise,hog --images 500 --random-weights
+        harness metrics encoders.yaml --encoders pixels-p4,hog --sweep sweeps/cpu-study-full.yaml
         harness metrics encoders.yaml --encoders 'dinov2*' --data-resolution 256 --device cuda \\
             --dtype bfloat16
     """,
