@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from harness.config.data import DataConfig, resolved_data
+from harness.config.encoders import EncoderSpec
 from harness.config.resources import STAGE_KINDS
 from harness.errors import StageError
 from harness.keys import KeyFields
@@ -105,6 +107,19 @@ def register(stage: Stage) -> Stage:
     return stage
 
 
+def encoder_measurement(
+    spec: EncoderSpec, data: DataConfig, grid: tuple[int, int], random_weights: bool
+) -> dict[str, Any]:
+    """The config fields every encoder measurement (``spatial``, ``probe``) starts from."""
+    return {
+        "encoder": spec.name,
+        "encoder_spec": spec.to_dict(),
+        "data": resolved_data(data).to_dict(),
+        "grid": list(grid),
+        "random_weights": bool(random_weights),
+    }
+
+
 def typed(model: type[M], data: Any) -> M:
     """Rebuild a strict config from its JSON-dumped dict (JSON mode: lists become tuples)."""
     return model.model_validate_json(json.dumps(data))
@@ -118,6 +133,7 @@ __all__ = [
     "Stage",
     "StageContext",
     "StageOutcome",
+    "encoder_measurement",
     "eval",
     "fid_ref",
     "latents",

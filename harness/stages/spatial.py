@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.config.data import DataConfig, resolved_data
+from harness.config.data import DataConfig
 from harness.config.encoders import UNKEYED_SPEC_FIELDS, EncoderSpec
 from harness.config.metrics import SpatialConfig
-from harness.stages import Stage, StageContext, StageOutcome, register, typed
+from harness.stages import Stage, StageContext, StageOutcome, encoder_measurement, register, typed
 
 
 def instance(
@@ -23,14 +23,7 @@ def instance(
 ) -> dict[str, Any]:
     """The config of one encoder's instance (planned by a sweep, or run by ``harness metrics``:
     the same dict, so the same key). ``grid`` is the token grid it is measured at."""
-    return {
-        "encoder": spec.name,
-        "encoder_spec": spec.to_dict(),
-        "data": resolved_data(data).to_dict(),
-        "grid": list(grid),
-        "random_weights": bool(random_weights),
-        "spatial": spatial.to_dict(),
-    }
+    return {**encoder_measurement(spec, data, grid, random_weights), "spatial": spatial.to_dict()}
 
 
 def run(ctx: StageContext) -> StageOutcome:
