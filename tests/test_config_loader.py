@@ -166,7 +166,7 @@ ERROR_CASES = [
     Case(
         "data: bad source",
         "seed: 1\nsource: imagenet\n",
-        ("{f}:2:", "source", "'imagenet' is not allowed", "allowed: folder, generated"),
+        ("{f}:2:", "source", "unknown data source 'imagenet'", "allowed: folder, generated"),
         model=DataConfig,
     ),
     Case(

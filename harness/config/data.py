@@ -5,9 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from harness.config.base import Config
+from harness.config.model import check_name
+from harness.registry import Registry
+
+# source name (DataConfig.source) -> dataset class, called as (cfg, split, cache_dir)
+DATA_SOURCES: Registry = Registry(
+    "data source",
+    lazy={
+        "generated": "harness.data.generated:GeneratedDataset",
+        "folder": "harness.data.folder:FolderDataset",
+    },
+)
 
 
 class DataConfig(Config):
@@ -19,7 +30,7 @@ class DataConfig(Config):
     paths, ``.png``).
     """
 
-    source: Literal["generated", "folder"] = "generated"
+    source: str = "generated"  # one of DATA_SOURCES
     root: str | None = None  # folder source: dataset root holding train/ and val/
     mask_root: str | None = None  # folder source: optional masks (same layout, .png)
     resolution: int = Field(32, ge=16, le=512)  # images are (3, resolution, resolution)
@@ -46,6 +57,11 @@ class DataConfig(Config):
             "object_scale": 1.0,
         }
         return {k: getattr(self, k) for k, v in full.items() if getattr(self, k) != v}
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        return check_name(value, DATA_SOURCES, "data source") or value
 
     @model_validator(mode="after")
     def _folder_needs_root(self) -> DataConfig:

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from harness.train.flow import Interpolant
+
 
 # ---------------------------------------------------------------------------------------------
 # Alignment methods, projectors, losses
@@ -86,6 +88,11 @@ PROJECTORS: Registry[type[nn.Module]] = Registry(
 # name -> per-sample loss (B,) from (projected, target); lower is better
 ALIGN_LOSSES: Registry[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = Registry(
     "alignment loss", lazy={"cosine": "harness.train.align:negative_cosine"}
+)
+# TrainConfig.path -> the interpolant x_t = α_t x + σ_t ε of the flow-matching objective
+INTERPOLANTS: Registry[Interpolant] = Registry(
+    "interpolant path",
+    lazy={"linear": "harness.train.flow:LINEAR", "cosine": "harness.train.flow:COSINE"},
 )
 
 
@@ -175,7 +182,7 @@ class TrainConfig(Config):
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # autocast dtype (fp16 adds a GradScaler)
     tf32: bool = True  # allow TF32 matmuls/convs on Ampere+ (fp32 paths)
     compile: bool = False  # torch.compile the SiT (and projectors)
-    path: Literal["linear", "cosine"] = "linear"  # interpolant: x_t = α_t x + σ_t ε
+    path: str = "linear"  # interpolant (INTERPOLANTS): x_t = α_t x + σ_t ε
     prediction: Literal["velocity"] = "velocity"  # the network predicts v = α'_t x + σ'_t ε
     time_sampling: Literal["uniform", "lognormal"] = "uniform"  # how t ~ p(t) is drawn
     time_mean: float = -1.2  # lognormal: mean of log σ (EDM P_mean)
@@ -196,6 +203,11 @@ class TrainConfig(Config):
     #   .npz/.json with `mean`, `std` (z = (z_vae - mean) / std) or `scale`, `bias`, one value per
     #   latent channel (the released iREPA LDM code; format: harness.train.latent_stats)
     latents: Literal["auto", "cache", "online"] = "auto"  # cache: require `harness prepare`
+
+    @field_validator("path")
+    @classmethod
+    def _known_path(cls, value: str) -> str:
+        return check_name(value, INTERPOLANTS, "interpolant path") or value
 
     @field_validator("betas")
     @classmethod

@@ -12,14 +12,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from harness.config.data import DataConfig
+from harness.config.data import DATA_SOURCES, DataConfig
 from harness.data.base import SPLITS, ImageDataset
-from harness.data.folder import FolderDataset, center_crop_arr
-from harness.data.generated import GeneratedDataset
-from harness.registry import Registry
 
 __all__ = [
     "DATA_SOURCES",
@@ -31,14 +28,17 @@ __all__ = [
     "center_crop_arr",
 ]
 
-# source name (DataConfig.source) -> builder(cfg, split, cache_dir)
-DATA_SOURCES: Registry[Callable[[DataConfig, str, Path | None], ImageDataset]] = Registry(
-    "data source"
-)
-DATA_SOURCES.register(
-    "generated", lambda cfg, split, cache_dir: GeneratedDataset(cfg, split, cache_dir)
-)
-DATA_SOURCES.register("folder", lambda cfg, split, cache_dir: FolderDataset(cfg, split))
+
+def __getattr__(name: str) -> Any:  # the sources import on first use (folder: torchvision)
+    if name == "GeneratedDataset":
+        from harness.data.generated import GeneratedDataset
+
+        return GeneratedDataset
+    if name in ("FolderDataset", "center_crop_arr"):
+        from harness.data import folder
+
+        return getattr(folder, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_dataset(

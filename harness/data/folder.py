@@ -107,9 +107,10 @@ class FolderDataset(ImageDataset):
     Args:
         cfg: the data config (``root``, optional ``mask_root``, ``resolution``, caps).
         split: ``"train"`` or ``"val"``.
+        cache_dir: unused (the folder is read as it is; the signature of every data source).
     """
 
-    def __init__(self, cfg: DataConfig, split: str) -> None:
+    def __init__(self, cfg: DataConfig, split: str, cache_dir: Path | None = None) -> None:
         self.split = check_split(split)
         self.resolution = cfg.resolution
         if not cfg.root:

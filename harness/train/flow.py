@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.registry import Registry
+from harness.config.train import INTERPOLANTS
 
 
 @dataclass(frozen=True)
@@ -78,9 +78,9 @@ class CosinePath(Interpolant):
         return torch.atan(ratio) * (2 / math.pi)
 
 
-PATHS: Registry[Interpolant] = Registry("interpolant path")
-PATHS.register("linear", LinearPath("linear"))
-PATHS.register("cosine", CosinePath("cosine"))
+LINEAR = LinearPath("linear")
+COSINE = CosinePath("cosine")
+PATHS = INTERPOLANTS  # TrainConfig.path names: the one registry (harness.config.train)
 
 
 def _expand(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
