@@ -136,7 +136,13 @@ def test_sweep_encoders_option_outside_the_sweep_is_a_user_error(capsys) -> None
     argv = ["sweep", str(REPO / "encoders.yaml"), "--sweep", str(REPO / "sweeps/cpu-study.yaml")]
     assert cli.main([*argv, "--encoders", "dino*", "--dry-run"]) == 2
     err = capsys.readouterr().err
-    assert "--encoders 'dino*': selects none of sweep cpu-study's encoders; allowed: " in err
+    assert "--encoders 'dino*': selects none of sweep cpu-study's encoders" in err
+    line = next(
+        i
+        for i, text in enumerate((REPO / "sweeps/cpu-study.yaml").read_text().splitlines(), 1)
+        if text.startswith("encoders:")
+    )
+    assert f"cpu-study.yaml:{line}: encoders); allowed: " in err  # the file:line of the list
     assert "noise-p4, pixels-p4, efficientnet-lite0, inhouse-sup" in err
 
 

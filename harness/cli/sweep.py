@@ -75,13 +75,15 @@ def default_sweep_path() -> Path:
 def load_inputs(args: argparse.Namespace) -> tuple[Any, Any]:
     """The catalogue and the sweep (with ``--set`` and ``--encoders`` applied)."""
     from harness.config.encoders import load_catalogue
+    from harness.config.loader import load_yaml
     from harness.config.sweep import load_sweep, only_encoders
 
     catalogue = load_catalogue(args.catalogue)
-    sweep = load_sweep(args.sweep or default_sweep_path(), args.overrides, catalogue)
+    path = args.sweep or default_sweep_path()
+    sweep = load_sweep(path, args.overrides, catalogue)
     if args.encoders:
         patterns = [n.strip() for n in args.encoders.split(",") if n.strip()]
-        sweep = only_encoders(sweep, catalogue, patterns)
+        sweep = only_encoders(sweep, catalogue, patterns, load_yaml(path).where(("encoders",)))
     return catalogue, sweep
 
 

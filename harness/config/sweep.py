@@ -235,11 +235,13 @@ def check_encoders(sweep: SweepConfig, doc: YamlDoc, catalogue: Any) -> None:
         raise ConfigError("\n".join(problems), hint="see `harness encoders list`")
 
 
-def only_encoders(sweep: SweepConfig, catalogue: Any, patterns: Sequence[str]) -> SweepConfig:
+def only_encoders(
+    sweep: SweepConfig, catalogue: Any, patterns: Sequence[str], where: str | None = None
+) -> SweepConfig:
     """``sweep`` restricted to the encoders that ``patterns`` (``--encoders``) pick from its own
     ``encoders:`` list (from the catalogue when the sweep file has none); the noise-floor
     repeats keep only the chosen encoders. A pattern that picks none is a ConfigError naming
-    the sweep's encoders."""
+    the sweep's encoders (and ``where``: the file:line of its ``encoders:`` list)."""
     from harness.plan import resolve_encoders
 
     own = "encoders" in sweep.model_fields_set
@@ -253,6 +255,7 @@ def only_encoders(sweep: SweepConfig, catalogue: Any, patterns: Sequence[str]) -
                 raise ConfigError(f"--encoders: {no_match(catalogue, pattern)}")
             raise ConfigError(
                 f"--encoders {pattern!r}: selects none of sweep {sweep.name}'s encoders"
+                f"{f' ({where}: encoders)' if where else ''}"
                 f"{did_you_mean(pattern, pool)}; allowed: {', '.join(pool)}",
                 hint="--encoders picks from the sweep's own encoders: list; "
                 "to run other encoders, edit that list (or --set encoders=[...])",
