@@ -266,13 +266,14 @@ def test_release_preset_validates_and_dry_run_plans_1x1_projectors_with_lambda_1
     captured = capsys.readouterr()
     assert code == 0 and "train" in captured.out and not results.exists()
     assert "not submittable yet" in captured.err
-    assert "train.latent_stats data/irepa-latent-stats.npz does not exist" in captured.err
+    missing = tmp_path / "data" / "irepa-latent-stats.npz"  # planned as an absolute path
+    assert f"train.latent_stats {missing} does not exist" in captured.err
     plan = build_plan(catalogue, load_sweep(RELEASE))
     assert plan.encoders == TABLE4_ENCODERS
     runs = [s.config["run"] for s in plan.stages if s.stage == "train"]
     assert len(runs) == 2 * 5 + 1
     for run in runs:  # every run normalises its latents per channel, as the released train.py
-        assert run["train"]["latent_stats"] == "data/irepa-latent-stats.npz"
+        assert run["train"]["latent_stats"] == str(missing)  # absolute: jobs run elsewhere
         assert run["model"]["in_channels"] == 4
     irepa = [r["align"] for r in runs if r["method"] == "irepa"]
     assert len(irepa) == 5

@@ -96,7 +96,7 @@ def test_local_executor_runs_jobs_in_subprocesses_on_the_snapshot(tmp_path):
     assert result["status"] == "done"
     sha = result["provenance"]["git_sha"]
     snapshots = list((root / "jobs" / "snapshots").iterdir())
-    assert len(snapshots) == 1 and (snapshots[0] / "harness" / "stages" / "runner.py").exists()
+    assert len(snapshots) == 1 and (snapshots[0] / "harness" / "launch" / "runner.py").exists()
     # submitit's folder template jobs/%j is expanded, never left as a literal folder
     assert sorted(p.name for p in (root / "jobs").iterdir()) == sorted([row["job_id"], "snapshots"])
     # the job's provenance records the snapshot's commit (+ its tree hash when uncommitted)
