@@ -41,7 +41,7 @@ from harness.config.train import AlignConfig
 from harness.errors import ConfigError, RegistryError, did_you_mean
 from harness.io import write_json
 from harness.paths import plan_dir
-from harness.stages import STAGES, fid_ref, probe, spatial, train
+from harness.stages import STAGES, fid_ref, latents, probe, spatial, train
 from harness.stages import eval as evaluation
 
 PLAN_SCHEMA = 1
@@ -206,17 +206,6 @@ def build_plan(catalogue: Any, sweep: SweepConfig) -> Plan:
     grids = sorted({run.model.grid for run in runs})
     spatial_grid = getattr(sweep.spatial, "grid", None)
 
-    latents_key = None
-    if any(run.model.space == "latent" for run in runs) and sweep.train.latents != "online":
-        latents_key = builder.add(
-            "latents",
-            f"latents {sweep.train.vae}",
-            {
-                "data": data.to_dict(),
-                "vae": sweep.train.vae,
-                "random_weights": sweep.random_weights,
-            },
-        )
     fid_ref_key = builder.add(
         "fid_ref", f"fid_ref {sweep.eval.extractor}", fid_ref.instance(data, sweep.eval)
     )
@@ -252,7 +241,9 @@ def build_plan(catalogue: Any, sweep: SweepConfig) -> Plan:
             f"train {slug}",
             train.instance(run, specs),
             labels=labels,
-            needs=[latents_key] if latents_key else [],
+            needs=[builder.add("latents", f"latents {run.train.vae}", upstream)]
+            if (upstream := latents.upstream_of(run))
+            else [],
         )
         for step in sweep.eval_steps:
             builder.add(

@@ -152,10 +152,10 @@ def _check(catalogue, args: argparse.Namespace) -> int:
         f"{args.device}, {args.dtype}"
     )
     columns = ("name", "grid", "dim", "params", "images/s", "weights", "status")
+    table = _table(title, columns, fold="weights")
+    for exc in missing:
+        table.add_row(exc.encoder, "", "", "", "", "", "no weights (see below)")
     if not specs:  # nothing to build: said without importing torch
-        table = _table(title, columns, fold="weights")
-        for exc in missing:
-            table.add_row(exc.encoder, "", "", "", "", "", "no weights (see below)")
         _console().print(table)
         _report_missing(missing)
         return 2
@@ -168,9 +168,6 @@ def _check(catalogue, args: argparse.Namespace) -> int:
 
     data = DataConfig(resolution=max(16, 16 * args.grid), val_images=args.batch)
     images = build_dataset(data, "val").get_batch(list(range(args.batch)))["image"]
-    table = _table(title, columns, fold="weights")
-    for exc in missing:
-        table.add_row(exc.encoder, "", "", "", "", "", "no weights (see below)")
     failed = len(missing)
     notes: list[str] = []  # errors, below the table (numbered in the status column)
     for spec in specs:

@@ -173,29 +173,25 @@ def _train_key(ckpt: Path, run_dir: Path | None) -> str:
 
 def _reference_key(reference_dir: Path) -> str:
     """The key of a ``fid_ref`` instance directory, else the statistics' own reference key."""
-    import json
+    from harness.eval.reference import load_reference
 
-    from harness.eval.reference import META_FILE
-
-    key = _recorded_key(reference_dir, "fid_ref")
-    if key:
-        return key
-    try:
-        return "reference:" + json.loads((reference_dir / META_FILE).read_text())["reference_key"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ArtifactError(f"{reference_dir}: not a reference directory ({exc})") from None
+    return _recorded_key(reference_dir, "fid_ref") or (
+        f"reference:{load_reference(reference_dir).key}"
+    )
 
 
 def _recorded_key(directory: Path, stage: str) -> str | None:
     """The instance key recorded in ``directory`` (``result.json``, else ``spec.json``)."""
-    import json
+    from harness.artifacts import read_result
+    from harness.errors import HarnessError
+    from harness.launch.runner import read_spec
 
-    for name in ("result.json", "spec.json"):
+    for read in (read_result, read_spec):
         try:
-            record = json.loads((directory / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            record = read(directory)
+        except HarnessError:  # absent or unreadable: the next record, or None
             continue
-        if isinstance(record, dict) and record.get("stage") == stage and record.get("key"):
+        if record and record.get("stage") == stage and record.get("key"):
             return str(record["key"])
     return None
 

@@ -178,18 +178,12 @@ def _sweep_instances(
     from harness.errors import ConfigError
     from harness.plan import build_plan
 
-    given = [
-        f
-        for f in ("data_resolution", "data_root", "mask_root", "images", "grid")
-        if getattr(args, f)
-    ]
-    if given or args.random_weights:
-        flags = [f"--{f.replace('_', '-')}" for f in given] + [
-            "--random-weights"
-        ] * args.random_weights
+    options = ("data_resolution", "data_root", "mask_root", "images", "grid", "random_weights")
+    given = [f"--{name.replace('_', '-')}" for name in options if getattr(args, name)]
+    if given:
         raise ConfigError(
             f"--sweep {args.sweep}: the sweep sets the data, images, grid and weights; "
-            f"drop {', '.join(flags)}",
+            f"drop {', '.join(given)}",
             hint="or drop --sweep to measure with the command's own settings",
         )
     plan = build_plan(catalogue, load_sweep(args.sweep))

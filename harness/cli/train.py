@@ -122,11 +122,8 @@ def _upstream(cfg: Any) -> list[str]:
     """The upstream keys a sweep gives this run: the latent cache of a latent-space run."""
     from harness.stages import STAGES, latents
 
-    if cfg.model.space != "latent" or cfg.train.latents == "online":
-        return []
-    return [
-        STAGES.get("latents").key(latents.instance(cfg.data, cfg.train.vae, cfg.random_weights))
-    ]
+    upstream = latents.upstream_of(cfg)
+    return [STAGES.get("latents").key(upstream)] if upstream else []
 
 
 COMMAND = Command(

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.config.data import DataConfig, resolved_data
+from harness.config.run import RunConfig
 from harness.stages import Stage, StageContext, StageOutcome, register, typed
 
 SPLIT = "train"
@@ -17,6 +18,14 @@ def instance(data: DataConfig, vae: str, random_weights: bool) -> dict[str, Any]
     """The config of the latent cache's instance (planned by a sweep; ``harness train`` names
     it as the upstream of a latent-space run: the same dict, so the same key)."""
     return {"data": resolved_data(data).to_dict(), "vae": vae, "random_weights": random_weights}
+
+
+def upstream_of(run: RunConfig) -> dict[str, Any] | None:
+    """The config of the latents instance a run trains on (latent space with cached latents),
+    else None: what the plan and ``harness train`` both name as the run's upstream."""
+    if run.model.space != "latent" or run.train.latents == "online":
+        return None
+    return instance(run.data, run.train.vae, run.random_weights)
 
 
 def run(ctx: StageContext) -> StageOutcome:
