@@ -293,6 +293,19 @@ def test_cli_bench_train_prints_table_and_writes_numbers(
     numbers = json.loads(out.read_text())
     assert numbers["images_per_s"] > 0 and numbers["mfu"] is None  # CPU: no peak
     assert numbers["gflops_per_image"]["encoder_fwd"] > 0
+    # where the time goes: the profiler's top operators of a real step, largest first, and the
+    # measured matmul rate the achieved rate is compared with
+    ops = numbers["top_ops"]
+    assert ops and [o["ms_per_step"] for o in ops] == sorted(
+        (o["ms_per_step"] for o in ops), reverse=True
+    )
+    assert 0 < sum(o["share"] for o in ops) <= 1 + 1e-9
+    assert any(o["op"] in ("aten::mm", "aten::addmm", "aten::linear") for o in ops)
+    assert f"op: {ops[0]['op']}" in table
+    assert numbers["matmul_tflops"] > 0
+    assert numbers["achieved_of_matmul"] == pytest.approx(
+        numbers["achieved_tflops"] / numbers["matmul_tflops"]
+    )
     assert cli_main([*args[:3], "SiT-Q/2", *args[4:]]) == 2  # unknown preset
 
 
@@ -389,3 +402,16 @@ def test_ema_warmup_follows_its_formula_and_resumes_exactly(tmp_path: Path) -> N
             torch.testing.assert_close(ema, expected, rtol=1e-5, atol=1e-7)
     moved = [k for k, v in states[-1]["model"].items() if not torch.equal(v, states[0]["model"][k])]
     assert moved  # the weights trained, so the check above is not vacuous
+
+
+def test_op_breakdown_ranks_a_known_step() -> None:
+    """A step of one large matmul and one tiny add: the matmul is first, once per step, and
+    takes most of the self time."""
+    from harness.train.bench import op_breakdown
+
+    a, b, small = torch.randn(512, 512), torch.randn(512, 512), torch.ones(4)
+    ops = op_breakdown(lambda: (a @ b, small + 1), steps=3)
+    assert ops[0]["op"] == "aten::mm" and ops[0]["calls_per_step"] == 1
+    assert ops[0]["share"] > 0.5
+    add = next(o for o in ops if o["op"] == "aten::add")
+    assert add["calls_per_step"] == 1 and add["ms_per_step"] < ops[0]["ms_per_step"]

@@ -27,11 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from harness.cli import NON_NEGATIVE_INT, Command, add_overrides_argument, bounded
-from harness.config.resources import EXECUTOR_CHOICES
+from harness.config.resources import EXECUTOR_CHOICES, MEASUREMENT_KINDS
 from harness.metrics import SPATIAL_METRICS
 
 PUBLISHED = "published"
-MEASURE_STAGES = ("spatial", "probe")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -252,7 +251,7 @@ def measurement_plan(catalogue: Any, sweep: Any) -> Any:
 
     full = build_plan(catalogue, sweep)
     renamed = sweep.model_copy(update={"name": f"rank-{sweep.name}"})
-    stages = [s for s in full.stages if s.stage in MEASURE_STAGES]
+    stages = [s for s in full.stages if s.stage in MEASUREMENT_KINDS]
     return Plan(sweep=renamed, stages=stages, encoders=full.encoders)
 
 
@@ -281,7 +280,7 @@ def measure_encoders(plan: Any, root: Path, executor_name: str) -> bool:
 
     executor = resolve_executor(executor_name)
     poller = JobPoller(plan.sweep.launch.poll_min_s, plan.sweep.launch.poll_max_s)
-    report = submit_plan(plan, root, executor=executor, only=MEASURE_STAGES, poller=poller)
+    report = submit_plan(plan, root, executor=executor, only=MEASUREMENT_KINDS, poller=poller)
     reused = sum(d.action == "done" for d in report.decisions.values())
     print(
         f"measurements: {reused} reused, {len(report.submitted)} run with the {executor} executor"

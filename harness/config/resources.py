@@ -19,6 +19,8 @@ from harness.config.base import Config
 
 # the stage kinds (harness.stages.STAGES), in execution order; each can carry a resource block
 STAGE_KINDS = ("latents", "fid_ref", "spatial", "probe", "train", "eval")
+MEASUREMENT_KINDS = ("spatial", "probe")  # the kinds that measure an encoder without training
+ENCODER_KINDS = (*MEASUREMENT_KINDS, "train")  # the kinds whose config names an encoder spec
 # where stage jobs run (harness.launch.executor): launch.executor and --executor; "auto" picks
 # slurm when sbatch works, else local
 ExecutorChoice = Literal["auto", "slurm", "local", "debug"]

@@ -21,10 +21,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from harness.config.resources import ENCODER_KINDS
 from harness.errors import DataError, HarnessError, MissingInputs
 from harness.plan import CPU_STUDY_HINT, Plan, PlannedStage, resolved_data
-
-ENCODER_STAGES = ("spatial", "probe", "train")
 
 
 def check_inputs(plan: Plan, todo: Iterable[PlannedStage] | None = None) -> None:
@@ -153,7 +152,7 @@ def _encoder_problems(stages: list[PlannedStage]) -> list[HarnessError]:
     problems: list[HarnessError] = []
     seen: set[str] = set()
     for stage in stages:
-        spec = stage.config.get("encoder_spec") if stage.stage in ENCODER_STAGES else None
+        spec = stage.config.get("encoder_spec") if stage.stage in ENCODER_KINDS else None
         random = stage.config.get(
             "random_weights", stage.config.get("run", {}).get("random_weights")
         )

@@ -10,6 +10,11 @@ MFU = model FLOPs per image x images/s / peak FLOP/s of the device. Model FLOPs 
 3 x the SiT forward (forward + backward = 2 x forward) + 3 x projector forward + encoder
 forward; the SiT count is analytic (:func:`sit_forward_flops`), the encoder's is counted with
 ``torch.utils.flop_counter`` on one real forward (math attention, so attention is counted).
+
+Where the time goes: ``top_ops`` is the profiler's operator breakdown of the same steps (self
+time per step and share, :func:`op_breakdown`), and ``matmul_tflops`` the device's measured dense
+fp32/bf16 matmul rate (:func:`matmul_rate`), the bound a step made only of GEMMs would reach
+(on a CPU, where no peak table applies, ``achieved / matmul`` says how far the step is from it).
 """
 
 from __future__ import annotations
@@ -72,6 +77,49 @@ def counted_flops(fn: Callable[[], Any]) -> float:
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, torch.no_grad():
         fn()
     return float(counter.get_total_flops())
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype, side: int = 1024, reps: int = 8) -> float:
+    """Measured FLOP/s of a dense ``side``^3 matmul on ``device`` (2 side^3 FLOPs each)."""
+    a = torch.randn(side, side, device=device, dtype=dtype)
+    b = torch.randn(side, side, device=device, dtype=dtype)
+    a @ b  # warm up kernels and caches
+    _sync(device)
+    began = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync(device)
+    return reps * 2.0 * side**3 / (time.perf_counter() - began)
+
+
+def op_breakdown(step: Callable[[], Any], steps: int, top: int = 8) -> list[dict[str, Any]]:
+    """The ``top`` operators by self time over ``steps`` calls of ``step`` (torch.profiler):
+    ``{"op", "ms_per_step", "share", "calls_per_step"}``; shares are of the total self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+    events = prof.key_averages()
+    on_device = any(getattr(e, "self_device_time_total", 0.0) > 0 for e in events)
+
+    def self_us(event: Any) -> float:  # kernel time when a GPU ran the step, else host time
+        return float(event.self_device_time_total if on_device else event.self_cpu_time_total)
+
+    total = sum(self_us(e) for e in events) or 1.0
+    ranked = sorted(events, key=self_us, reverse=True)[:top]
+    return [
+        {
+            "op": e.key,
+            "ms_per_step": self_us(e) / 1e3 / steps,
+            "share": self_us(e) / total,
+            "calls_per_step": e.count / steps,
+        }
+        for e in ranked
+    ]
 
 
 def _sync(device: torch.device) -> None:
@@ -207,6 +255,8 @@ def bench_train(
         _sync(env.device)
         images_per_s = steps * run.train.global_batch / (time.perf_counter() - began)
         peak_memory = _peak_memory_gib(env.device)
+        step_index = iter(range(warmup + 2 * steps, 10**9))
+        top_ops = op_breakdown(lambda: trainer.train_step(next(step_index), batches), steps)
         probe = next(batches)["image"][:1].to(env.device)
         encoder_flops = sum(
             counted_flops(lambda e=e: encoder_tokens(e, probe)) for e in trainer.encoders
@@ -227,6 +277,8 @@ def bench_train(
     achieved = flops_per_image * images_per_s
     name = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else "cpu"
     peak = device_peak_flops(name, run.train.precision) if env.device.type == "cuda" else None
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.train.precision, torch.float32)
+    matmul = matmul_rate(env.device, dtype)
     return {
         "device": name,
         "model": cfg.name,
@@ -250,6 +302,9 @@ def bench_train(
         "achieved_tflops": achieved / 1e12,
         "peak_tflops": None if peak is None else peak / 1e12,
         "mfu": None if peak is None else achieved / peak,
+        "matmul_tflops": matmul / 1e12,
+        "achieved_of_matmul": achieved / matmul,
+        "top_ops": top_ops,
     }
 
 
@@ -348,6 +403,14 @@ def format_table(result: dict[str, Any]) -> str:
             if result["mfu"] is None
             else f"{100 * result['mfu']:.1f}%",
         ),
+        (
+            "measured matmul TFLOP/s (achieved share)",
+            f"{result['matmul_tflops']:.4f} ({100 * result['achieved_of_matmul']:.0f}%)",
+        ),
+    ]
+    rows += [
+        (f"op: {op['op'][:60]}", f"{op['ms_per_step']:.2f} ms/step  {100 * op['share']:.0f}%")
+        for op in result["top_ops"]
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
