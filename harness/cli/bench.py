@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
 COMMAND = Command(
     name="bench",
-    help="benchmark training throughput (images/s, step breakdown, memory, MFU)",
+    help="benchmark training throughput (images/s, step breakdown, top operators, memory, MFU)",
     examples="""
         harness bench train --model SiT-XL/2 --encoder dinov2-vit-b --catalogue encoders.yaml --batch 256
         harness bench train --model SiT-T/2 --encoder toy --space pixel --resolution 32 --device cpu
